@@ -1,0 +1,1 @@
+"""Reading CT (NIfTI, NRRD, MHA, DICOM series), dataset sources, preprocessing recipes and their cache."""

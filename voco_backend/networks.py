@@ -1,0 +1,57 @@
+"""MONAI SwinUNETR-v2 networks of the VoCo family and the encoder path used for pretraining."""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.nets import SwinUNETR
+from torch import nn
+
+from voco_backend.errors import UsageError
+
+FEATURE_SIZES: dict[str, int] = {"tiny": 12, "B": 48, "L": 96, "H": 192}
+ENCODER_PREFIXES: tuple[str, ...] = ("swinViT", "encoder1", "encoder2", "encoder3", "encoder4", "encoder10")
+
+
+def feature_size_of(model_size: str) -> int:
+    """Feature size of a model size name (``tiny`` 12, ``B`` 48, ``L`` 96, ``H`` 192)."""
+    if model_size not in FEATURE_SIZES:
+        raise UsageError(f"field 'model_size' must be one of {', '.join(FEATURE_SIZES)}, got {model_size!r}")
+    return FEATURE_SIZES[model_size]
+
+
+def build_swinunetr(model_size: str, out_channels: int, in_channels: int = 1, *,
+                    gradient_checkpointing: bool = False, flash_attention: bool = False) -> SwinUNETR:
+    """The segmentation network: SwinUNETR-v2 with patch-merging downsampling, as VoCo uses it."""
+    return SwinUNETR(in_channels=in_channels, out_channels=out_channels, feature_size=feature_size_of(model_size),
+                     use_v2=True, downsample="merging", use_checkpoint=gradient_checkpointing,
+                     use_flash_attention=flash_attention)
+
+
+class SwinEncoder(nn.Module):
+    """The encoder path of SwinUNETR-v2 (``swinViT`` and ``encoder{1,2,3,4,10}``) giving a 24·fs embedding.
+
+    Submodule names equal SwinUNETR's, so ``state_dict()`` is exactly the official VoCo 145-key layout.
+    The embedding concatenates global-average-pooled enc0, enc1, enc2, enc3 and dec4 (hidden state 3 is not
+    used for SSL).
+    """
+
+    def __init__(self, model_size: str, in_channels: int = 1, gradient_checkpointing: bool = False) -> None:
+        super().__init__()
+        full = build_swinunetr(model_size, out_channels=1, in_channels=in_channels,
+                               gradient_checkpointing=gradient_checkpointing)
+        self.feature_size = feature_size_of(model_size)
+        self.normalize = full.normalize
+        for name in ENCODER_PREFIXES:
+            self.add_module(name, getattr(full, name))
+
+    @property
+    def embedding_dim(self) -> int:
+        """Width of :meth:`forward`'s output: 24·feature_size."""
+        return 24 * self.feature_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map crops (N, C, X, Y, Z), sides multiples of 32, to embeddings (N, 24·fs)."""
+        hidden = self.swinViT(x, self.normalize)
+        features = (self.encoder1(x), self.encoder2(hidden[0]), self.encoder3(hidden[1]),
+                    self.encoder4(hidden[2]), self.encoder10(hidden[4]))
+        return torch.cat([f.mean(dim=(2, 3, 4)) for f in features], dim=1)
