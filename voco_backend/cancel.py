@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 from types import FrameType
 
 from voco_backend.errors import Cancelled
@@ -38,8 +40,15 @@ class CancelToken:
             raise Cancelled()
         self._event.set()
 
-    def install(self) -> None:
-        """Route SIGTERM and SIGINT to this token (main thread only)."""
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._on_signal)
-            signal.signal(signal.SIGINT, self._on_signal)
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[CancelToken]:
+        """Route SIGTERM and SIGINT to this token while the block runs (main thread only), then restore."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

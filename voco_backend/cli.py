@@ -8,11 +8,12 @@ import sys
 import traceback
 from collections.abc import Sequence
 from types import ModuleType
+from typing import NoReturn
 
 from voco_backend import __version__
 from voco_backend.cancel import CancelToken
 from voco_backend.config import add_arguments, build_config
-from voco_backend.errors import EXIT_CANCELLED, EXIT_OOM, Cancelled, OutOfMemory, VoCoError
+from voco_backend.errors import EXIT_CANCELLED, EXIT_OOM, EXIT_USAGE, Cancelled, OutOfMemory, VoCoError
 from voco_backend.protocol import Reporter
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -28,13 +29,22 @@ OOM_ADVICE = ("out of memory: use a smaller --model-size, a smaller roi or batch
               "or --device cpu")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors also become a protocol ``error`` event (exit 2), not only argparse's text."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        Reporter().error(message, exit_code=EXIT_USAGE)
+        sys.exit(EXIT_USAGE)
+
+
 def _load(name: str) -> ModuleType:
     return importlib.import_module(COMMANDS[name][0])
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The argument parser; only ``command``'s module is imported (all of them for ``--help``)."""
-    parser = argparse.ArgumentParser(prog="voco-backend", description=__doc__)
+    parser = _Parser(prog="voco-backend", description=__doc__)
     parser.add_argument("--version", action="version", version=f"voco-backend {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (_, help_text) in COMMANDS.items():
@@ -66,9 +76,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = _load(args.command)
     reporter = Reporter()
     cancel = CancelToken()
-    cancel.install()
+    with cancel.installed():
+        return _run(module, values, args._config_file, reporter, cancel)
+
+
+def _run(module: ModuleType, values: dict, config_file: str | None, reporter: Reporter, cancel: CancelToken) -> int:
+    """Build the config, run the command and map every outcome to an exit code."""
     try:
-        config = build_config(module.CONFIG, values, args._config_file)
+        config = build_config(module.CONFIG, values, config_file)
         module.run(config, reporter, cancel)
         return 0
     except VoCoError as exc:

@@ -1,0 +1,150 @@
+"""Real pretraining runs on real CT (the registry sample chest CT) with the tiny model, through the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from contextlib import redirect_stdout
+from io import StringIO
+from pathlib import Path
+
+import pytest
+import torch
+from monai.networks.nets import SwinUNETR
+
+from voco_backend.cli import main
+from voco_backend.pretrain.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["--model-size", "tiny", "--region-xy", "128", "--region-depth", "32", "--grid", "2",
+         "--random-crops", "1", "--volumes-per-step", "2", "--seed", "7"]
+
+
+def events(text: str) -> list[dict]:
+    """The protocol events of a captured stdout."""
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def pretrain(*args: str) -> tuple[int, list[dict]]:
+    """Run ``pretrain`` in this process; returns the exit code and the JSON events."""
+    out = StringIO()
+    with redirect_stdout(out):
+        code = main(["pretrain", *SMALL, *args])
+    return code, events(out.getvalue())
+
+
+def step_losses(evts: list[dict]) -> dict[int, float]:
+    return {e["step"]: e["loss"] for e in evts if e["event"] == "progress" and e["stage"] == "pretrain"}
+
+
+@pytest.fixture(scope="module")
+def ct(sample_ct) -> str:
+    return str(sample_ct["CTChest4.nrrd"])
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, ct, cache) -> tuple[Path, list[dict]]:
+    """An uninterrupted 3-step run."""
+    run_dir = tmp_path_factory.mktemp("full") / "run"
+    code, evts = pretrain("--data", ct, "--out", str(run_dir), "--steps", "3", "--cache-dir", cache,
+                          "--checkpoint-every", "2")
+    assert code == 0, evts[-1]
+    return run_dir, evts
+
+
+def test_three_steps_give_finite_loss_and_every_output(full_run):
+    run_dir, evts = full_run
+    losses = step_losses(evts)
+    assert sorted(losses) == [1, 2, 3]
+    assert all(math.isfinite(v) and v > 0 for v in losses.values())
+    result = evts[-1]
+    assert result["event"] == "result" and result["steps"] == 3
+    for name in ("config.yaml", "checkpoint_last.pt", "encoder.pt", "log.jsonl", "loss.png"):
+        assert (run_dir / name).stat().st_size > 0, name
+    assert any((run_dir / "tensorboard").iterdir())
+    assert len((run_dir / "log.jsonl").read_text().splitlines()) == 3
+    assert not list(run_dir.glob("*.partial*"))
+
+
+def test_exported_encoder_loads_strictly_into_monai_swinunetr_v2(full_run):
+    state = torch.load(full_run[0] / "encoder.pt", map_location="cpu", weights_only=True)
+    assert len(state) == 145
+    assert {k.split(".")[0] for k in state} == {"swinViT", "encoder1", "encoder2", "encoder3", "encoder4",
+                                                "encoder10"}
+    net = SwinUNETR(in_channels=1, out_channels=3, feature_size=12, use_v2=True)
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    assert not unexpected
+    assert all(k.split(".")[0] in ("decoder1", "decoder2", "decoder3", "decoder4", "decoder5", "out")
+               for k in missing)
+    assert torch.equal(net.state_dict()["swinViT.layers1c.0.layer.conv1.conv.weight"],
+                       state["swinViT.layers1c.0.layer.conv1.conv.weight"])
+
+
+def test_resume_continues_to_the_same_next_step_loss(full_run, tmp_path, ct, cache):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    shutil.copy(full_run[0] / "checkpoint_step2.pt", run_dir / "checkpoint_last.pt")
+    code, evts = pretrain("--data", ct, "--out", str(run_dir), "--steps", "3", "--cache-dir", cache, "--resume")
+    assert code == 0
+    resumed = step_losses(evts)
+    assert list(resumed) == [3]
+    assert resumed[3] == pytest.approx(step_losses(full_run[1])[3], rel=1e-5, abs=1e-6)
+    assert [h["step"] for h in load_checkpoint(run_dir / "checkpoint_last.pt")["history"]] == [1, 2, 3]
+
+
+def test_existing_run_is_not_overwritten_without_resume(full_run, ct, cache):
+    run_dir = full_run[0]
+    before = (run_dir / "checkpoint_last.pt").read_bytes()
+    code, evts = pretrain("--data", ct, "--out", str(run_dir), "--steps", "3", "--cache-dir", cache)
+    assert code == 2
+    assert "--resume" in evts[-1]["message"]
+    assert (run_dir / "checkpoint_last.pt").read_bytes() == before
+
+
+def _backend(*args: str, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, **kwargs)
+
+
+def test_sigterm_mid_run_exits_130_with_a_resumable_checkpoint(tmp_path, ct, cache):
+    run_dir = tmp_path / "run"
+    proc = _backend("-m", "voco_backend", "pretrain", *SMALL, "--data", ct, "--out", str(run_dir),
+                    "--steps", "50", "--cache-dir", cache)
+    for line in proc.stdout:
+        if '"stage": "pretrain"' in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr[-2000:]
+    last = events(rest)[-1]
+    assert last["event"] == "error" and last["exit_code"] == 130
+    state = load_checkpoint(run_dir / "checkpoint_last.pt")
+    assert 1 <= state["step"] < 50
+    assert (run_dir / "encoder.pt").exists()
+    assert not [p for p in run_dir.rglob("*") if ".partial" in p.name]
+
+
+def test_two_process_gloo_ddp_run_completes(tmp_path, ct, cache):
+    run_dir = tmp_path / "run"
+    proc = _backend("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "voco_backend",
+                    "pretrain", *SMALL, "--volumes-per-step", "1", "--threads", "1", "--data", ct,
+                    "--out", str(run_dir), "--steps", "2", "--cache-dir", cache, "--device", "cpu")
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    evts = events(out)
+    assert [e for e in evts if e["event"] == "result"] == [evts[-1]]  # rank 0 alone reports
+    assert sorted(step_losses(evts)) == [1, 2]
+    assert load_checkpoint(run_dir / "checkpoint_last.pt")["step"] == 2
+    assert len(torch.load(run_dir / "encoder.pt", weights_only=True)) == 145

@@ -1,0 +1,189 @@
+"""The model catalogue as data: schema validation, resolution of names, the user's registered models."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from voco_backend import catalogue
+from voco_backend.cli import main
+from voco_backend.errors import DataError, UsageError
+
+RESOURCES = Path(__file__).resolve().parents[2] / "voco_backend" / "resources"
+PUBLISHED = {  # VOCO.md §7
+    "VoCo_B_SSL_head": (48, ("md5", "f80c4da2f81d700bdae3df188f2057eb")),
+    "VoCo_L_SSL_head": (96, ("md5", "795095d1d43ef3808ec4c41798310136")),
+    "VoCo_H_SSL_head": (192, ("md5", "76f95a474736b60bf5b8aad94643744d")),
+    "VoCo_10k": (48, ("sha256", "de4160dc52436e2e437a4c0293822e5fd644f4858738aa14995866a2617fedcd")),
+    "VoComni_B": (48, None),
+    "VoComni_L": (96, None),
+    "VoComni_H": (192, None),
+}
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own cache folder and the packaged catalogue."""
+    monkeypatch.setenv(catalogue.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.delenv(catalogue.CATALOGUE_ENV, raising=False)
+    monkeypatch.delenv(catalogue.BASE_URL_ENV, raising=False)
+    return tmp_path / "cache"
+
+
+def packaged() -> dict:
+    return json.loads((RESOURCES / "models.json").read_text())
+
+
+def make_model_dir(folder: Path, meta: dict | None = None) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "model.json").write_text(json.dumps(meta or {}))
+    (folder / "model.pt").write_bytes(b"weights")
+    return folder
+
+
+def test_packaged_catalogue_matches_the_published_weights():
+    jsonschema.Draft202012Validator.check_schema(json.loads((RESOURCES / "models.schema.json").read_text()))
+    entries = {e.name: e for e in catalogue.load_catalogue()}
+
+    assert set(entries) == set(PUBLISHED)
+    for name, (feature_size, checksum) in PUBLISHED.items():
+        entry = entries[name]
+        assert (entry.feature_size, entry.checksum) == (feature_size, checksum)
+        assert entry.url == f"https://huggingface.co/Luffy503/VoCo/resolve/main/{name}.pt"
+        assert entry.file == f"{name}.pt"
+        assert entry.kind == ("segmentation" if name.startswith("VoComni") else "encoder")
+    for name in ("VoComni_B", "VoComni_L", "VoComni_H"):
+        assert entries[name].out_channels == 21
+        assert entries[name].recipe == {"spacing": [1.5, 1.5, 1.5], "window": [-175, 250], "roi": [96, 96, 96]}
+        assert "no checksum" in entries[name].note
+
+
+BREAKAGES = {
+    "md5 of the wrong length": lambda m: m[0]["checksum"].update(value="abc"),
+    "unknown checksum algorithm": lambda m: m[0]["checksum"].update(algorithm="sha1"),
+    "non-http url": lambda m: m[0].update(url="ftp://example.org/x.pt"),
+    "unknown kind": lambda m: m[0].update(kind="classifier"),
+    "segmentation without recipe": lambda m: m[4].pop("recipe"),
+    "encoder with out_channels": lambda m: m[0].update(out_channels=3),
+    "missing citation": lambda m: m[1].pop("citation"),
+    "unknown field": lambda m: m[2].update(weights="x"),
+    "duplicate name": lambda m: m[1].update(name=m[0]["name"]),
+}
+
+
+@pytest.mark.parametrize("breakage", list(BREAKAGES))
+def test_broken_catalogue_fails_validation(breakage, tmp_path):
+    data = copy.deepcopy(packaged())
+    catalogue.load_catalogue(_write(tmp_path / "ok.json", data))
+    BREAKAGES[breakage](data["models"])
+    path = _write(tmp_path / "broken.json", data)
+
+    with pytest.raises(DataError, match="invalid model catalogue") as info:
+        catalogue.load_catalogue(path)
+    assert info.value.file == str(path)
+
+
+def _write(path: Path, data: dict) -> Path:
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_unreadable_catalogue_names_the_file(tmp_path, monkeypatch):
+    path = tmp_path / "models.json"
+    path.write_text("{not json")
+    monkeypatch.setenv(catalogue.CATALOGUE_ENV, str(path))
+    with pytest.raises(DataError, match="not valid JSON") as info:
+        catalogue.load_catalogue()
+    assert info.value.file == str(path)
+
+
+def test_catalogue_override_and_mirror(tmp_path, monkeypatch):
+    data = packaged()
+    data["models"] = data["models"][:1]
+    monkeypatch.setenv(catalogue.CATALOGUE_ENV, str(_write(tmp_path / "site.json", data)))
+    assert [e.name for e in catalogue.load_catalogue()] == ["VoCo_B_SSL_head"]
+
+    entry = catalogue.get_entry("VoCo_B_SSL_head")
+    assert entry.download_url == entry.url
+    monkeypatch.setenv(catalogue.BASE_URL_ENV, "https://mirror.example/voco/")
+    assert entry.download_url == "https://mirror.example/voco/VoCo_B_SSL_head.pt"
+    with pytest.raises(UsageError, match="not in the model catalogue; known: VoCo_B_SSL_head"):
+        catalogue.get_entry("VoComni_B")
+
+
+def test_cache_dir_defaults_to_the_home_cache(monkeypatch, tmp_path, isolated_cache):
+    assert catalogue.cache_dir() == isolated_cache
+    monkeypatch.delenv(catalogue.CACHE_ENV)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert catalogue.cache_dir() == tmp_path / ".cache" / "voco_backend"
+
+
+def test_resolve_model(tmp_path, isolated_cache):
+    existing = tmp_path / "my_encoder.pt"
+    existing.write_bytes(b"x")
+    assert catalogue.resolve_model(str(existing)) == existing
+
+    with pytest.raises(UsageError, match="run `voco-backend models fetch VoCo_B_SSL_head`"):
+        catalogue.resolve_model("VoCo_B_SSL_head")
+    cached = isolated_cache / "models" / "VoCo_B_SSL_head.pt"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"x")
+    assert catalogue.resolve_model("VoCo_B_SSL_head") == cached
+
+    with pytest.raises(UsageError, match="neither an existing file or folder nor a known model"):
+        catalogue.resolve_model("VoCo_X")
+    with pytest.raises(UsageError, match="neither"):
+        catalogue.resolve_model(str(tmp_path / "typo.pt"))
+
+
+def test_register_and_resolve_a_user_model(tmp_path):
+    folder = make_model_dir(tmp_path / "liver", {"name": "liver_v1", "classes": {"liver": 1}})
+
+    model = catalogue.register_model(folder)
+
+    assert (model.name, model.path, model.classes) == ("liver_v1", folder.resolve(), {"liver": 1})
+    assert catalogue.user_models() == [model]
+    assert catalogue.resolve_model("liver_v1") == folder.resolve()
+    (folder / "model.pt").unlink()
+    assert catalogue.user_models()[0].available is False
+    with pytest.raises(DataError, match="is gone"):
+        catalogue.resolve_model("liver_v1")
+
+
+def test_register_refuses_bad_folders(tmp_path):
+    with pytest.raises(DataError, match="model folder not found"):
+        catalogue.register_model(tmp_path / "absent")
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / "model.json").write_text("{}")
+    with pytest.raises(DataError, match=r"model\.pt is missing") as info:
+        catalogue.register_model(half)
+    assert info.value.file == str(half.resolve())
+    clash = make_model_dir(tmp_path / "clash", {"name": "VoComni_B"})
+    with pytest.raises(UsageError, match="belongs to a catalogue model"):
+        catalogue.register_model(clash)
+    assert catalogue.user_models() == []
+
+
+def test_models_command_lists_and_registers(tmp_path, capsys):
+    folder = make_model_dir(tmp_path / "spleen_model")
+
+    assert main(["models", "register", str(folder)]) == 0
+    registered = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert registered["name"] == "spleen_model" and registered["path"] == str(folder.resolve())
+
+    assert main(["models", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["NAME", "KIND", "SOURCE", "STATUS", "DETAILS"]
+    assert any(line.startswith("spleen_model") and "registered" in line for line in lines)
+    rows = json.loads(lines[-1])["models"]
+    assert [r["name"] for r in rows] == [*PUBLISHED, "spleen_model"]
+    assert not any(r["available"] for r in rows if r["source"] == "catalogue")
+
+    assert main(["models", "list", "NAME"]) == 2
+    assert main(["models", "register"]) == 2
+    assert "needs a MODEL_DIR" in capsys.readouterr().out

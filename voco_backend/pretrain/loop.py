@@ -1,0 +1,184 @@
+"""The pretraining loop: data → VoCo model → loss → AdamW step → EMA teacher, with resume, DDP and cancel."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from monai.optimizers import WarmupCosineSchedule
+from torch.nn.parallel import DistributedDataParallel
+
+from voco_backend.atomic import write_text_atomic
+from voco_backend.cancel import CancelToken
+from voco_backend.config import to_dict
+from voco_backend.data.recipe import Recipe
+from voco_backend.data.sources import resolve_sources
+from voco_backend.distributed import DistContext, any_rank, barrier, gather_objects, init_distributed, shutdown
+from voco_backend.errors import Cancelled, UsageError
+from voco_backend.pretrain.checkpoint import LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from voco_backend.pretrain.config import PretrainConfig
+from voco_backend.pretrain.dataset import CachedVolumes, CropBatcher, prefetch, require_volumes
+from voco_backend.pretrain.geometry import CropGrid
+from voco_backend.pretrain.heads import VoCoModel
+from voco_backend.pretrain.losses import voco_loss
+from voco_backend.pretrain.run_log import RunLog
+from voco_backend.protocol import Reporter
+from voco_backend.weights import export_encoder, load_pretrained
+
+
+def default_cache_root() -> Path:
+    """``$VOCO_CACHE_DIR/preprocessed`` or ``~/.cache/voco_backend/preprocessed``."""
+    root = os.environ.get("VOCO_CACHE_DIR") or Path.home() / ".cache" / "voco_backend"
+    return Path(root) / "preprocessed"
+
+
+def recipe_of(config: PretrainConfig) -> Recipe:
+    """The deterministic preprocessing of this run (volumes padded to at least one region)."""
+    min_size = (config.region_xy, config.region_xy, config.region_depth)
+    if config.region_mode == "resize":
+        min_size = (32, 32, 16)
+    return Recipe(spacing=tuple(config.spacing), window=tuple(config.window), min_size=min_size)
+
+
+def _autocast(config: PretrainConfig, device: torch.device) -> tuple[contextlib.AbstractContextManager, bool]:
+    """The AMP context of a step and whether the loss needs scaling (fp16)."""
+    if not (config.amp and device.type == "cuda"):
+        return contextlib.nullcontext(), False
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype), dtype == torch.float16
+
+
+def _prepare_data(config: PretrainConfig, ctx: DistContext, reporter: Reporter,
+                  cancel: CancelToken) -> tuple[CachedVolumes, list[int]]:
+    sources = resolve_sources(config.data)
+    cache_root = Path(config.cache_dir) if config.cache_dir else default_cache_root()
+    volumes = CachedVolumes(sources, recipe_of(config), cache_root)
+    mine = list(range(ctx.rank, len(sources), ctx.world))
+    failed: dict[int, str] = {}
+    for part in gather_objects(volumes.prepare(mine, reporter, cancel), ctx):
+        failed.update(part)
+    valid = [i for i in range(len(sources)) if i not in failed]
+    require_volumes(valid, len(sources), failed, sources)
+    reporter.log(f"{len(valid)} volumes ready, {len(failed)} unreadable skipped; cache {volumes.cache_dir}",
+                 volumes=len(valid), skipped=len(failed))
+    return volumes, valid
+
+
+def _check_run_dir(config: PretrainConfig, run_dir: Path) -> None:
+    if not config.resume and (run_dir / LAST).exists():
+        raise UsageError("the run folder already holds a run: pass --resume to continue it, or choose another "
+                         "--out", file=run_dir)
+
+
+def train(config: PretrainConfig, reporter: Reporter, cancel: CancelToken) -> dict:
+    """Run (or resume) pretraining to ``config.steps``; returns the result fields."""
+    ctx = init_distributed(config.device)
+    reporter.enabled = reporter.enabled and ctx.is_main
+    try:
+        return _train(config, ctx, reporter, cancel)
+    finally:
+        shutdown(ctx)
+
+
+def _train(config: PretrainConfig, ctx: DistContext, reporter: Reporter, cancel: CancelToken) -> dict:
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    run_dir = Path(config.out)
+    _check_run_dir(config, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    volumes, valid = _prepare_data(config, ctx, reporter, cancel)
+
+    grid = CropGrid(config.region_xy, config.region_depth, config.grid, config.crop_resize)
+    torch.manual_seed(config.seed)  # identical initial weights on every rank
+    model = VoCoModel(config.model_size, config.head_hidden, config.teacher, config.dropout,
+                      config.gradient_checkpointing)
+    init_summary = None
+    if config.init:
+        init_summary = load_pretrained(model.encoder, config.init).summary()
+        reporter.log(init_summary)
+        if config.teacher == "network":
+            model.teacher_encoder.load_state_dict(model.encoder.state_dict())
+    model.to(ctx.device)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                                  weight_decay=config.weight_decay, amsgrad=True)
+    scheduler = WarmupCosineSchedule(optimizer, warmup_steps=config.warmup_steps, t_total=config.steps)
+    start, history = 0, []
+    torch.manual_seed(config.seed * 1000 + ctx.rank)  # dropout differs across ranks
+    if config.resume:
+        state = load_checkpoint(run_dir / LAST)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scheduler.t_total = config.steps  # a run resumed with more --steps stretches its cosine to the new end
+        start, history = int(state["step"]), list(state["history"])
+        rngs = state["rng"]
+        if len(rngs) == ctx.world:
+            set_rng_state(rngs[ctx.rank], ctx.device)
+        reporter.log(f"resumed at step {start} from {run_dir / LAST}", step=start)
+    if start >= config.steps:
+        raise UsageError(f"field 'steps' is {config.steps} but the run already did {start}; raise --steps",
+                         file=run_dir / LAST)
+    if ctx.is_main:
+        write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
+
+    net = DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None) \
+        if ctx.distributed else model
+    autocast, fp16 = _autocast(config, ctx.device)
+    scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+    batcher = CropBatcher(volumes, valid, grid, config.random_crops, config.volumes_per_step, config.region_mode,
+                          config.seed, ctx.rank, ctx.world)
+    log = RunLog(run_dir, history) if ctx.is_main else None
+    crops_per_step = config.volumes_per_step * (config.random_crops + grid.num_bases) * ctx.world
+
+    def checkpoint(step: int, keep: int) -> None:
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "step": step,
+                 "history": log.history if log else [], "rng": gather_objects(rng_state(ctx.device), ctx),
+                 "config": to_dict(config)}
+        if ctx.is_main:
+            save_checkpoint(state, run_dir, step, keep)
+            export_encoder(model.encoder, run_dir / "encoder.pt")
+        barrier(ctx)
+
+    step = start
+    model.train()
+    try:
+        for batch in prefetch(batcher, start, config.steps):
+            if any_rank(cancel.cancelled, ctx):
+                checkpoint(step, keep=0)
+                reporter.log(f"cancelled at step {step}; resume with --resume", step=step)
+                raise Cancelled()
+            began = time.perf_counter()
+            with autocast:
+                student, teacher = net(batch.crops.to(ctx.device, non_blocking=True))
+            losses = voco_loss(student, teacher, batch.targets, len(batch.indices), config.random_crops,
+                               grid.num_bases, negative=config.negative)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(losses["total"]).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            model.update_teacher(config.ema_momentum)
+            step += 1
+            values = {"loss": losses["total"].item(), **{k: losses[k].item() for k in ("intra", "inter", "reg")},
+                      "lr": scheduler.get_last_lr()[0]}
+            seconds = time.perf_counter() - began
+            reporter.progress("pretrain", step, config.steps, **values, step_s=round(seconds, 3),
+                              crops_per_s=round(crops_per_step / seconds, 2))
+            if log:
+                log.record(step, {**values, "step_s": seconds})
+            if step % config.checkpoint_every == 0 and step < config.steps:
+                checkpoint(step, config.keep_checkpoints)
+        checkpoint(step, config.keep_checkpoints)
+    finally:
+        if log:
+            if log.history:
+                log.plot(f"VoCo pretraining ({config.model_size}, {config.recipe})")
+            log.close()
+    return {"run_dir": str(run_dir), "encoder": str(run_dir / "encoder.pt"), "checkpoint": str(run_dir / LAST),
+            "steps": step, "final_loss": log.history[-1]["loss"] if log and log.history else None,
+            "volumes": len(valid), "init": init_summary, "loss_png": str(run_dir / "loss.png")}
