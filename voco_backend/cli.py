@@ -13,7 +13,7 @@ from typing import NoReturn
 from voco_backend import __version__
 from voco_backend.cancel import CancelToken
 from voco_backend.config import add_arguments, build_config
-from voco_backend.errors import EXIT_CANCELLED, EXIT_OOM, EXIT_USAGE, Cancelled, OutOfMemory, VoCoError
+from voco_backend.errors import EXIT_CANCELLED, EXIT_OOM, EXIT_USAGE, Cancelled, OutOfMemory, VoCoError, find_user_error
 from voco_backend.protocol import Reporter
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -93,6 +93,10 @@ def _run(module: ModuleType, values: dict, config_file: str | None, reporter: Re
         reporter.error("cancelled", exit_code=EXIT_CANCELLED)
         return EXIT_CANCELLED
     except Exception as exc:
+        user_error = find_user_error(exc)
+        if user_error is not None:
+            reporter.error(user_error.message, file=user_error.file, exit_code=user_error.exit_code)
+            return user_error.exit_code
         if _is_oom(exc):
             reporter.error(OOM_ADVICE, exit_code=EXIT_OOM)
             return OutOfMemory.exit_code

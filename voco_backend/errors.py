@@ -50,3 +50,15 @@ class OutOfMemory(VoCoError):
 
 class Cancelled(Exception):
     """Raised at a step boundary after SIGTERM/SIGINT (exit 130)."""
+
+
+def find_user_error(exc: BaseException) -> VoCoError | None:
+    """The :class:`VoCoError` behind ``exc``, if any (MONAI wraps transform errors in a RuntimeError)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, VoCoError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

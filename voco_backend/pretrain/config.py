@@ -7,6 +7,7 @@ import dataclasses
 from voco_backend.config import check_choice, check_range, field
 from voco_backend.errors import UsageError
 from voco_backend.networks import FEATURE_SIZES
+from voco_backend.pretrain.geometry import CropGrid
 
 # Recipe defaults (shared/VOCO.md §2–§4): region side, depth, grid, crop resize, head width, negative term.
 RECIPES: dict[str, dict] = {
@@ -81,6 +82,9 @@ class PretrainConfig:
     amp: bool = field(
         True, help="mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling)"
     )
+    cpu_allocator: str = field("default", help="CPU only: 'retain' keeps freed activation memory mapped between "
+                               "steps (faster; pair it with --gradient-checkpointing to hold peak memory)",
+                               choices=["default", "retain"])
     threads: int | None = field(None, help="CPU threads for torch (default: torch's choice)")
     region_mode: str | None = field(
         None, help="crop (tpami) or resize (10k): how the region is cut", choices=["crop", "resize"]
@@ -100,6 +104,7 @@ class PretrainConfig:
         check_choice("region_mode", self.region_mode, ["crop", "resize"])
         check_choice("negative", self.negative, ["log", "l2"])
         check_choice("teacher", self.teacher, ["head", "network"])
+        check_choice("cpu_allocator", self.cpu_allocator, ["default", "retain"])
         if not self.data:
             raise UsageError("field 'data' needs at least one path")
         for name in ("steps", "random_crops", "volumes_per_step", "checkpoint_every", "head_hidden"):
@@ -114,7 +119,12 @@ class PretrainConfig:
         if self.warmup_steps is None:
             self.warmup_steps = min(5000, self.steps // 10)
         check_range("warmup_steps", self.warmup_steps, low=0)
+        self.crop_grid()  # validates the crop geometry fields
         if len(self.spacing) != 3 or min(self.spacing) <= 0:
             raise UsageError(f"field 'spacing' must be three positive numbers (mm), got {self.spacing}")
         if len(self.window) != 2 or self.window[0] >= self.window[1]:
             raise UsageError(f"field 'window' must be two numbers low < high (HU), got {self.window}")
+
+    def crop_grid(self) -> CropGrid:
+        """The crop geometry of this run (validated: sides that the Swin encoder accepts)."""
+        return CropGrid(self.region_xy, self.region_depth, self.grid, self.crop_resize)

@@ -23,7 +23,7 @@ from torch.utils.data import DistributedSampler
 from voco_backend.cancel import CancelToken
 from voco_backend.data.recipe import Recipe, deterministic_transforms
 from voco_backend.data.sources import source_stamp
-from voco_backend.errors import DataError, VoCoError
+from voco_backend.errors import DataError, find_user_error
 from voco_backend.pretrain.augment import CropAugment
 from voco_backend.pretrain.geometry import CropGrid, extract_crops, overlap_targets, sample_centres
 from voco_backend.protocol import Reporter
@@ -41,9 +41,8 @@ class CachedVolumes:
         self.cache_dir = Path(cache_root) / recipe.key()
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         items = [{"image": str(p), "stamp": source_stamp(p)} for p in self.sources]
-        transform = Compose(
-            [deterministic_transforms(recipe), CastToTyped(keys="image", dtype=torch.float16)]
-        )
+        # Flat, so that PersistentDataset caches every step (a nested Compose counts as random).
+        transform = Compose([deterministic_transforms(recipe), CastToTyped(keys="image", dtype=torch.float16)]).flatten()
         self._dataset = PersistentDataset(items, transform, cache_dir=self.cache_dir)
 
     def __len__(self) -> int:
@@ -60,10 +59,9 @@ class CachedVolumes:
             cancel.check()
             try:
                 self._dataset[index]
-            except VoCoError as exc:
-                failed[index] = exc.message
-            except Exception as exc:  # a MONAI transform failing on odd data must not end a long run
-                failed[index] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            except Exception as exc:  # a transform failing on odd data must not end a long run
+                user_error = find_user_error(exc)
+                failed[index] = user_error.message if user_error else f"{type(exc).__name__}: {_first_line(exc)}"
             if index in failed:
                 reporter.log(
                     f"skipped {self.sources[index]}: {failed[index]}",
@@ -72,6 +70,11 @@ class CachedVolumes:
                 )
             reporter.progress("preprocess", done + 1, len(indices))
         return failed
+
+
+def _first_line(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc
+    return (str(cause).strip().splitlines() or [type(cause).__name__])[0][:200]
 
 
 @dataclasses.dataclass

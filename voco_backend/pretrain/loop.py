@@ -15,14 +15,14 @@ from torch.nn.parallel import DistributedDataParallel
 from voco_backend.atomic import write_text_atomic
 from voco_backend.cancel import CancelToken
 from voco_backend.config import to_dict
+from voco_backend.cpu_memory import retain_freed_memory
 from voco_backend.data.recipe import Recipe
 from voco_backend.data.sources import resolve_sources
 from voco_backend.distributed import DistContext, any_rank, barrier, gather_objects, init_distributed, shutdown
 from voco_backend.errors import Cancelled, UsageError
 from voco_backend.pretrain.checkpoint import LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from voco_backend.pretrain.config import PretrainConfig
-from voco_backend.pretrain.dataset import CachedVolumes, CropBatcher, prefetch, require_volumes
-from voco_backend.pretrain.geometry import CropGrid
+from voco_backend.pretrain.dataset import Batch, CachedVolumes, CropBatcher, prefetch, require_volumes
 from voco_backend.pretrain.heads import VoCoModel
 from voco_backend.pretrain.losses import voco_loss
 from voco_backend.pretrain.run_log import RunLog
@@ -74,6 +74,24 @@ def _check_run_dir(config: PretrainConfig, run_dir: Path) -> None:
                          "--out", file=run_dir)
 
 
+def train_step(net: torch.nn.Module, model: VoCoModel, batch: Batch, optimizer: torch.optim.Optimizer,
+               scheduler: WarmupCosineSchedule, scaler: torch.amp.GradScaler,
+               autocast: contextlib.AbstractContextManager, config: PretrainConfig) -> dict[str, float]:
+    """One optimiser step on ``batch`` (``net`` is ``model`` or its DDP wrapper); returns the step's scalars."""
+    with autocast:
+        student, teacher = net(batch.crops.to(next(model.parameters()).device, non_blocking=True))
+    losses = voco_loss(student, teacher, batch.targets, len(batch.indices), config.random_crops,
+                       batch.targets.shape[-1], negative=config.negative)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(losses["total"]).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    model.update_teacher(config.ema_momentum)
+    return {"loss": losses["total"].item(), **{k: losses[k].item() for k in ("intra", "inter", "reg")},
+            "lr": scheduler.get_last_lr()[0]}
+
+
 def train(config: PretrainConfig, reporter: Reporter, cancel: CancelToken) -> dict:
     """Run (or resume) pretraining to ``config.steps``; returns the result fields."""
     ctx = init_distributed(config.device)
@@ -87,12 +105,13 @@ def train(config: PretrainConfig, reporter: Reporter, cancel: CancelToken) -> di
 def _train(config: PretrainConfig, ctx: DistContext, reporter: Reporter, cancel: CancelToken) -> dict:
     if config.threads:
         torch.set_num_threads(config.threads)
+    if config.cpu_allocator == "retain" and ctx.device.type == "cpu" and not retain_freed_memory():
+        reporter.log("--cpu-allocator retain needs glibc; using the default allocator", level="warning")
     run_dir = Path(config.out)
     _check_run_dir(config, run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     volumes, valid = _prepare_data(config, ctx, reporter, cancel)
-
-    grid = CropGrid(config.region_xy, config.region_depth, config.grid, config.crop_resize)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    grid = config.crop_grid()
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     model = VoCoModel(config.model_size, config.head_hidden, config.teacher, config.dropout,
                       config.gradient_checkpointing)
@@ -153,19 +172,8 @@ def _train(config: PretrainConfig, ctx: DistContext, reporter: Reporter, cancel:
                 reporter.log(f"cancelled at step {step}; resume with --resume", step=step)
                 raise Cancelled()
             began = time.perf_counter()
-            with autocast:
-                student, teacher = net(batch.crops.to(ctx.device, non_blocking=True))
-            losses = voco_loss(student, teacher, batch.targets, len(batch.indices), config.random_crops,
-                               grid.num_bases, negative=config.negative)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(losses["total"]).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            model.update_teacher(config.ema_momentum)
+            values = train_step(net, model, batch, optimizer, scheduler, scaler, autocast, config)
             step += 1
-            values = {"loss": losses["total"].item(), **{k: losses[k].item() for k in ("intra", "inter", "reg")},
-                      "lr": scheduler.get_last_lr()[0]}
             seconds = time.perf_counter() - began
             reporter.progress("pretrain", step, config.steps, **values, step_s=round(seconds, 3),
                               crops_per_s=round(crops_per_step / seconds, 2))
