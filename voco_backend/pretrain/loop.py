@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from monai.optimizers import WarmupCosineSchedule
 from torch.nn.parallel import DistributedDataParallel
 
 from voco_backend.atomic import write_text_atomic
+from voco_backend.cache import cache_dir
 from voco_backend.cancel import CancelToken
 from voco_backend.config import to_dict
 from voco_backend.cpu_memory import retain_freed_memory
@@ -28,12 +28,6 @@ from voco_backend.pretrain.losses import voco_loss
 from voco_backend.pretrain.run_log import RunLog
 from voco_backend.protocol import Reporter
 from voco_backend.weights import export_encoder, load_pretrained
-
-
-def default_cache_root() -> Path:
-    """``$VOCO_CACHE_DIR/preprocessed`` or ``~/.cache/voco_backend/preprocessed``."""
-    root = os.environ.get("VOCO_CACHE_DIR") or Path.home() / ".cache" / "voco_backend"
-    return Path(root) / "preprocessed"
 
 
 def recipe_of(config: PretrainConfig) -> Recipe:
@@ -55,7 +49,7 @@ def _autocast(config: PretrainConfig, device: torch.device) -> tuple[contextlib.
 def _prepare_data(config: PretrainConfig, ctx: DistContext, reporter: Reporter,
                   cancel: CancelToken) -> tuple[CachedVolumes, list[int]]:
     sources = resolve_sources(config.data)
-    cache_root = Path(config.cache_dir) if config.cache_dir else default_cache_root()
+    cache_root = Path(config.cache_dir) if config.cache_dir else cache_dir() / "preprocessed"
     volumes = CachedVolumes(sources, recipe_of(config), cache_root)
     mine = list(range(ctx.rank, len(sources), ctx.world))
     failed: dict[int, str] = {}
