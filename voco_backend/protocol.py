@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from typing import IO, Any
@@ -51,8 +52,12 @@ class Reporter:
         if not self.enabled:
             return
         line = json.dumps({"event": event, **_jsonable(fields)}, allow_nan=False)
-        self.stdout.write(line + "\n")
-        self.stdout.flush()
+        try:
+            self.stdout.write(line + "\n")
+            self.stdout.flush()
+        except BrokenPipeError:
+            # The reader went away (a closed pipe, a crashed parent): the run goes on, silently.
+            self.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the reporter
 
     def progress(self, stage: str, step: int, total: int, **fields: Any) -> None:
         """Report ``step`` of ``total`` in ``stage``, with an ETA from the steps done since the stage began."""
@@ -79,8 +84,7 @@ class Reporter:
         self.close_bar()
         self.emit("error", message=message, file=file, exit_code=exit_code)
         if self.enabled:
-            self.stderr.write(f"error: {file + ': ' if file else ''}{message}\n")
-            self.stderr.flush()
+            self._write_stderr(f"error: {file + ': ' if file else ''}{message}\n")
 
     def close_bar(self) -> None:
         """Finish the human progress bar, if one is open."""
@@ -95,8 +99,14 @@ class Reporter:
         if self._bar is not None:
             self._bar.write(text, file=self.stderr)
         else:
-            self.stderr.write(text + "\n")
+            self._write_stderr(text + "\n")
+
+    def _write_stderr(self, text: str) -> None:
+        try:
+            self.stderr.write(text)
             self.stderr.flush()
+        except BrokenPipeError:
+            self.stderr = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the reporter
 
     def _human_progress(self, stage: str, step: int, total: int, fields: dict[str, Any]) -> None:
         if not self.enabled:
@@ -104,8 +114,7 @@ class Reporter:
         shown = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in fields.items()}
         if not self.stderr.isatty():
             extra = " ".join(f"{k}={v}" for k, v in shown.items())
-            self.stderr.write(f"{stage} {step}/{total} {extra}\n")
-            self.stderr.flush()
+            self._write_stderr(f"{stage} {step}/{total} {extra}\n")
             return
         if self._bar is None or self._bar_stage != stage:
             self.close_bar()

@@ -1,0 +1,86 @@
+"""The public logic API on the real MRML scene, with the backend replaced by a real protocol-speaking process."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from VoCoSlicerLib import BackendError, BackendRunner, VoCoSlicerLogic
+from VoCoSlicerLib.sceneIO import segmentNames
+
+MODEL = "/models/chest model"
+
+
+def test_segment_returns_a_named_segmentation_and_cleans_its_files(scene, ctVolume, fakeBackend) -> None:
+    progress = []
+    logic = VoCoSlicerLogic(runner=BackendRunner(fakeBackend("ok")))
+    segmentationNode = logic.segment(ctVolume, MODEL, device="cpu", onProgress=progress.append)
+    assert segmentNames(segmentationNode) == ["liver", "right lung"]
+    assert [e["step"] for e in progress] == [1, 2, 3]
+    assert segmentationNode.GetScene() is scene
+
+
+def test_a_backend_failure_is_one_line_and_leaves_the_scene_as_it_was(scene, nodeIds, ctVolume, fakeBackend) -> None:
+    before = nodeIds(scene)
+    logic = VoCoSlicerLogic(runner=BackendRunner(fakeBackend("baddata")))
+    with pytest.raises(BackendError) as error:
+        logic.segment(ctVolume, MODEL)
+    assert str(error.value) == "bad input data: /data/ct.nrrd: cannot read the image (truncated file)"
+    assert error.value.outcome.exitCode == 3
+    assert nodeIds(scene) == before
+
+
+def test_cancel_mid_run_stops_the_process_tree_and_leaves_the_scene(
+    scene, nodeIds, ctVolume, fakeBackend, pidAlive
+) -> None:
+    before = nodeIds(scene)
+    progress, finished = [], []
+    logic = VoCoSlicerLogic(runner=BackendRunner(fakeBackend("hang"), cancelGraceSeconds=2.0))
+    run = logic.segment(
+        ctVolume, MODEL, waitForCompletion=False, onProgress=progress.append, onFinished=finished.append
+    )
+    deadline = time.monotonic() + 20
+    while run.poll() and not progress and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pids = [run.pid, progress[0]["child_pid"]]
+    run.cancel()
+    outcome = run.wait()
+    assert finished == [outcome] and outcome.message == "cancelled" and outcome.output is None
+    assert nodeIds(scene) == before
+    deadline = time.monotonic() + 10
+    while any(pidAlive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(pidAlive(pid) for pid in pids)
+
+
+def test_finetune_passes_the_segment_names_with_their_label_values(
+    scene, ctVolume, manualSegmentation, tmp_path, fakeBackend
+) -> None:
+    finished = []
+    logic = VoCoSlicerLogic(runner=BackendRunner(fakeBackend("ok")))
+    run = logic.finetune(
+        [ctVolume],
+        [manualSegmentation],
+        tmp_path / "new model",
+        steps=3,
+        modelSize="tiny",
+        register=False,
+        waitForCompletion=False,
+        onFinished=finished.append,
+    )
+    outcome = run.wait()
+    assert outcome.ok and outcome.output == str((tmp_path / "new model").resolve())
+    argv = outcome.result["argv"]
+    classes = argv[argv.index("--classes") + 1 : argv.index("--steps")]
+    assert classes == [
+        "ribs=1",
+        "cervical vertebral column=2",
+        "thoracic vertebral column=3",
+        "lumbar vertebral column=4",
+        "right lung=5",
+        "left lung=6",
+        "tissue=7",
+    ]
+    image, label = argv[argv.index("--images") + 1], argv[argv.index("--labels") + 1]
+    assert not Path(image).exists() and not Path(label).exists(), "the temporary files were not removed"

@@ -1,0 +1,387 @@
+"""VoCoSlicer: segment CT with VoCo-pretrained models, fine-tune them on your own segmentations, pretrain encoders.
+
+The module is thin: the panels are ``Resources/UI/VoCoSlicer.ui``, the work is ``VoCoSlicerLib`` (Qt-free) and the
+heavy lifting is the ``voco_backend`` child process (see docs/PROTOCOL.md).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+from VoCoSlicerLib import BackendEnvironment, RunOutcome, VoCoSlicerLogic
+from VoCoSlicerLib.backendRunner import describeProgress
+from VoCoSlicerLib.logic import referenceVolumes
+from VoCoSlicerLib.parameters import DEVICES, MODEL_SIZES
+
+README_URL = "https://github.com/VoCoSlicer/VoCoSlicer/blob/main/docs/SLICER.md"
+
+
+class VoCoSlicer(ScriptedLoadableModule):
+    """Module metadata."""
+
+    def __init__(self, parent: Any) -> None:
+        super().__init__(parent)
+        self.parent.title = "VoCoSlicer"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["VoCoSlicer contributors"]
+        self.parent.helpText = (
+            "Segment CT with VoCo-pretrained SwinUNETR models, fine-tune a model on a handful of cases corrected "
+            "in the Segment Editor, and pretrain your own encoder. Every run is a separate process that can be "
+            f'cancelled. See the <a href="{README_URL}">documentation</a> for a tutorial and troubleshooting.'
+        )
+        self.parent.acknowledgementText = (
+            "VoCo: Wu L, Zhuang J, Chen H, CVPR 2024 (arXiv:2402.17300) and IEEE TPAMI 2025 (arXiv:2410.09890). "
+            "Built on MONAI, PyTorch and 3D Slicer."
+        )
+
+
+@parameterNodeWrapper
+class VoCoSlicerParameterNode:
+    """The panels' settings, saved with the scene; each is bound to the widget whose SlicerParameterName it is."""
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    model: str
+    outputSegmentation: vtkMRMLSegmentationNode
+    finetuneInit: str = "none"
+    finetuneOutputFolder: Path
+    finetuneSteps: int = 200
+    finetuneModelSize: Annotated[str, Choice(list(MODEL_SIZES))] = "B"
+    finetuneRoi: int = 96
+    pretrainData: Path
+    pretrainOutputFolder: Path
+    pretrainSteps: int = 1000
+    pretrainModelSize: Annotated[str, Choice(list(MODEL_SIZES))] = "B"
+    pretrainResume: bool = False
+    pythonExecutable: Path
+    device: Annotated[str, Choice(list(DEVICES))] = "auto"
+
+
+def _chosenPath(path: Path | None) -> str:
+    """A path parameter as a string, "" when unset (the wrapper's empty Path is ".")."""
+    return "" if path is None or str(path) in ("", ".") else str(path)
+
+
+class VoCoSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Builds the panels, binds them to the parameter node and forwards to :class:`VoCoSlicerLogic`."""
+
+    def __init__(self, parent: Any = None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic: VoCoSlicerLogic | None = None
+        self._parameterNode: VoCoSlicerParameterNode | None = None
+        self._parameterNodeGuiTag = None
+        self._run = None
+        self._runButton: qt.QPushButton | None = None
+        self._runButtonText = ""
+
+    def setup(self) -> None:
+        """Load the panels and connect them."""
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/VoCoSlicer.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = VoCoSlicerLogic()
+        self._runButtons = {
+            self.ui.segmentButton: self.startSegment,
+            self.ui.finetuneButton: self.startFinetune,
+            self.ui.pretrainButton: self.startPretrain,
+        }
+        for button, start in self._runButtons.items():
+            button.connect("clicked(bool)", lambda checked, b=button, s=start: self.onRunButton(b, s))
+        self.ui.fetchModelButton.connect(
+            "clicked(bool)", lambda checked: self.onRunButton(self.ui.fetchModelButton, self.startFetch)
+        )
+        self.ui.refreshModelsButton.connect("clicked(bool)", self.refreshModels)
+        self.ui.addModelFolderButton.connect("clicked(bool)", self.onAddModelFolder)
+        self.ui.installBackendButton.connect("clicked(bool)", self.onInstallBackend)
+        self.ui.trainingSegmentationsSelector.connect("checkedNodesChanged()", self.updateButtons)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.initializeParameterNode()
+        if self.logic.environment.isInstalled():
+            self.refreshModels()
+
+    def cleanup(self) -> None:
+        """Stop observing (and cancel a run) when the module is closed."""
+        if self._run is not None:
+            self._run.cancel()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        """Make sure a parameter node exists when the module is shown."""
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        """Release the GUI bindings when another module is shown."""
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller: Any, event: Any) -> None:
+        """The scene closes: drop the bindings."""
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller: Any, event: Any) -> None:
+        """A new scene: a new parameter node."""
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        """Bind to the scene's parameter node, selecting the first volume if none is chosen."""
+        self.setParameterNode(VoCoSlicerParameterNode(ScriptedLoadableModuleLogic().getParameterNode()))
+        if not self._parameterNode.inputVolume:
+            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+
+    def setParameterNode(self, parameterNode: VoCoSlicerParameterNode | None) -> None:
+        """Connect the widgets (by SlicerParameterName) to ``parameterNode``."""
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+        self._parameterNode = parameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+            self.updateButtons()
+
+    def updateButtons(self, caller: Any = None, event: Any = None) -> None:
+        """Enable each run button when its panel has what it needs (all disabled but Cancel while running)."""
+        parameters = self._parameterNode
+        if parameters is None or self._run is not None:
+            return
+        self.ui.segmentButton.enabled = bool(parameters.inputVolume and parameters.model)
+        self.ui.finetuneButton.enabled = bool(
+            self.ui.trainingSegmentationsSelector.checkedNodes() and _chosenPath(parameters.finetuneOutputFolder)
+        )
+        self.ui.pretrainButton.enabled = bool(
+            _chosenPath(parameters.pretrainData) and _chosenPath(parameters.pretrainOutputFolder)
+        )
+        self.ui.fetchModelButton.enabled = bool(parameters.model)
+
+    def _logicForSettings(self) -> VoCoSlicerLogic:
+        """The logic for the chosen Python; offers to install the backend into Slicer's Python on first use."""
+        environment = BackendEnvironment(pythonExecutable=_chosenPath(self._parameterNode.pythonExecutable))
+        if environment != self.logic.environment:
+            self.logic = VoCoSlicerLogic(environment)
+        if not environment.isInstalled():
+            if not environment.usesSlicerPython or not slicer.util.confirmOkCancelDisplay(
+                "VoCoSlicer needs its backend (PyTorch, MONAI) in Slicer's Python. Install it now? This takes "
+                "several minutes."
+            ):
+                raise RuntimeError(
+                    f"voco_backend cannot be imported by {environment.command()[0]}; install it "
+                    "(Backend panel) or choose another Python"
+                )
+            with slicer.util.WaitCursor():
+                environment.install()
+        return self.logic
+
+    def onInstallBackend(self) -> None:
+        """Install the backend into Slicer's Python (blocking, with a wait cursor)."""
+        with slicer.util.tryWithErrorDisplay("Installing the backend failed.", waitCursor=True):
+            BackendEnvironment().install()
+            self.ui.statusLabel.text = "Backend installed."
+
+    def refreshModels(self) -> None:
+        """List the segmentation models and the fine-tuning starting points."""
+        with slicer.util.tryWithErrorDisplay("Listing the models failed.", waitCursor=True):
+            entries = self._logicForSettings().catalogue.list()
+            selected, init = self._parameterNode.model, self._parameterNode.finetuneInit
+            self.ui.modelComboBox.clear()
+            self.ui.finetuneInitComboBox.clear()
+            self.ui.finetuneInitComboBox.addItem("none")
+            for entry in entries:
+                if entry.kind == "segmentation":
+                    status = "" if entry.available else " (not downloaded)"
+                    self.ui.modelComboBox.addItem(entry.name)
+                    self.ui.modelComboBox.setItemData(
+                        self.ui.modelComboBox.count - 1,
+                        f"{entry.source}{status}: {entry.description or entry.path}",
+                        qt.Qt.ToolTipRole,
+                    )
+                self.ui.finetuneInitComboBox.addItem(entry.name)
+            self._parameterNode.model = selected or self.ui.modelComboBox.currentText
+            self._parameterNode.finetuneInit = init
+
+    def onAddModelFolder(self) -> None:
+        """Register a model folder chosen by the user and select it."""
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "Model folder (model.json + model.pt)")
+        if not folder:
+            return
+        with slicer.util.tryWithErrorDisplay("Adding the model folder failed.", waitCursor=True):
+            entry = self._logicForSettings().catalogue.register(folder)
+            self.refreshModels()
+            self._parameterNode.model = entry.name
+
+    def onRunButton(self, button: qt.QPushButton, start: Any) -> None:
+        """Start the panel's run, or cancel the run this button started."""
+        if self._run is not None:
+            if button is self._runButton:
+                self._run.cancel()
+                self.ui.statusLabel.text = "Cancelling…"
+            return
+        try:
+            self._logicForSettings()
+            self._run = start()
+        except Exception as exc:  # the GUI boundary: any failure to start is one line for the user
+            slicer.util.errorDisplay(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            return
+        self._runButton, self._runButtonText = button, button.text
+        button.text = "Cancel"
+        for other in [*self._runButtons, self.ui.fetchModelButton]:
+            other.enabled = other is button
+        self.ui.progressBar.setRange(0, 0)
+        self.ui.statusLabel.text = "Starting…"
+        self.ui.logTextEdit.clear()
+
+    def _callbacks(self, onDone: Any) -> dict[str, Any]:
+        return {
+            "waitForCompletion": False,
+            "onProgress": self.onProgress,
+            "onLog": self.ui.logTextEdit.appendPlainText,
+            "onFinished": lambda outcome: self.onFinished(outcome, onDone),
+        }
+
+    def startSegment(self) -> Any:
+        """Segment the input volume with the chosen model."""
+        parameters = self._parameterNode
+        return self.logic.segment(
+            parameters.inputVolume,
+            parameters.model,
+            parameters.outputSegmentation,
+            device=parameters.device,
+            **self._callbacks(self.onSegmented),
+        )
+
+    def startFinetune(self) -> Any:
+        """Fine-tune on the checked segmentations, each with the volume it was drawn on."""
+        parameters = self._parameterNode
+        segmentationNodes = self.ui.trainingSegmentationsSelector.checkedNodes()
+        volumeNodes = referenceVolumes(segmentationNodes)
+        if None in volumeNodes:
+            raise ValueError(
+                "a checked segmentation has no reference volume; set it in the Segment Editor "
+                "(Specify geometry) and try again"
+            )
+        return self.logic.finetune(
+            volumeNodes,
+            segmentationNodes,
+            parameters.finetuneOutputFolder,
+            init=parameters.finetuneInit or None,
+            steps=parameters.finetuneSteps,
+            modelSize=parameters.finetuneModelSize,
+            roi=parameters.finetuneRoi,
+            device=parameters.device,
+            **self._callbacks(self.onFinetuned),
+        )
+
+    def startPretrain(self) -> Any:
+        """Pretrain an encoder on the CT folder."""
+        parameters = self._parameterNode
+        return self.logic.pretrain(
+            [parameters.pretrainData],
+            parameters.pretrainOutputFolder,
+            steps=parameters.pretrainSteps,
+            modelSize=parameters.pretrainModelSize,
+            resume=parameters.pretrainResume,
+            device=parameters.device,
+            **self._callbacks(lambda outcome: None),
+        )
+
+    def startFetch(self) -> Any:
+        """Download the chosen catalogue model."""
+        return self.logic.catalogue.fetch(
+            self._parameterNode.model,
+            onProgress=self.onProgress,
+            onFinished=lambda outcome: self.onFinished(outcome, self.refreshModels),
+        )
+
+    def onProgress(self, event: dict[str, Any]) -> None:
+        """Show a progress event."""
+        self.ui.progressBar.setRange(0, max(int(event.get("total") or 0), 1))
+        self.ui.progressBar.value = int(event.get("step") or 0)
+        self.ui.statusLabel.text = describeProgress(event)
+
+    def onFinished(self, outcome: RunOutcome, onDone: Any) -> None:
+        """Restore the buttons and report the outcome; on success hand the result to ``onDone``."""
+        self._run = None
+        self._runButton.text = self._runButtonText
+        self.ui.progressBar.setRange(0, 1)
+        self.ui.progressBar.value = 1 if outcome.ok else 0
+        self.ui.statusLabel.text = "Done." if outcome.ok else outcome.message
+        self.updateButtons()
+        if outcome.ok:
+            onDone(outcome)
+        elif outcome.message != "cancelled":
+            slicer.util.errorDisplay(outcome.message)
+
+    def onSegmented(self, outcome: RunOutcome) -> None:
+        """Select the result and show it over the volume."""
+        self._parameterNode.outputSegmentation = outcome.output
+        slicer.util.setSliceViewerLayers(background=self._parameterNode.inputVolume)
+
+    def onFinetuned(self, outcome: RunOutcome) -> None:
+        """Offer the new model for segmentation."""
+        self.refreshModels()
+        self._parameterNode.model = Path(outcome.output).name
+        self.ui.statusLabel.text = f"Done: the model is in {outcome.output} and selected in the Segment panel."
+
+
+class VoCoSlicerTest(ScriptedLoadableModuleTest):
+    """Self-test inside Slicer: scene ↔ file round trip on real CT, then the backend if it is installed."""
+
+    def setUp(self) -> None:
+        slicer.mrmlScene.Clear()
+
+    def runTest(self) -> None:
+        self.setUp()
+        self.test_resultImportKeepsNamesValuesAndGeometry()
+        self.setUp()
+        self.test_backendListsTheCatalogue()
+
+    def test_resultImportKeepsNamesValuesAndGeometry(self) -> None:
+        import numpy as np
+        import SampleData
+        from VoCoSlicerLib.labelClasses import LabelClass
+        from VoCoSlicerLib.sceneIO import exportVolume, importSegmentation, segmentNames
+
+        volumeNode = SampleData.downloadSample("CTChest")
+        labelPath = os.path.join(slicer.util.tempDirectory(), "label.nrrd")
+        exportVolume(volumeNode, labelPath)
+        labelNode = slicer.util.loadLabelVolume(labelPath)
+        voxels = slicer.util.arrayFromVolume(volumeNode)
+        slicer.util.updateVolumeFromArray(labelNode, np.where(voxels > 300, 3, np.where(voxels < -500, 5, 0)))
+        slicer.util.saveNode(labelNode, labelPath)
+        slicer.mrmlScene.RemoveNode(labelNode)
+        classes = [LabelClass("bone", 3, (1.0, 1.0, 0.8)), LabelClass("air", 5, (0.2, 0.6, 1.0))]
+        segmentationNode = importSegmentation(labelPath, volumeNode, classes, "self-test")
+        self.assertEqual(segmentNames(segmentationNode), ["bone", "air"])
+        segmentation = segmentationNode.GetSegmentation()
+        self.assertEqual(segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName("air")).GetLabelValue(), 5)
+        bone = slicer.util.arrayFromSegmentBinaryLabelmap(
+            segmentationNode, segmentation.GetSegmentIdBySegmentName("bone"), volumeNode
+        )
+        self.assertTrue(np.array_equal(bone > 0, voxels > 300))
+        self.delayDisplay("Result import keeps names, label values and geometry")
+
+    def test_backendListsTheCatalogue(self) -> None:
+        environment = BackendEnvironment()
+        if not environment.isInstalled():
+            self.delayDisplay("Backend not installed in Slicer's Python: skipped")
+            return
+        names = [entry.name for entry in VoCoSlicerLogic(environment).catalogue.list()]
+        self.assertIn("VoCo_B_SSL_head", names)
+        self.delayDisplay("Backend lists the model catalogue")

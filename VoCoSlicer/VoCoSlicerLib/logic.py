@@ -1,0 +1,257 @@
+"""The public API of the module, usable from Slicer's Python console without the GUI.
+
+Example::
+
+    from VoCoSlicerLib import VoCoSlicerLogic
+    logic = VoCoSlicerLogic()
+    segmentationNode = logic.segment(volumeNode, "/path/to/my_model")
+    modelDir = logic.finetune([volumeNode], [segmentationNode], "/path/to/new_model", steps=200)
+
+Every run is a backend child process. With ``waitForCompletion=True`` a call returns the result (or raises
+:class:`BackendError` with a one-line message); with ``waitForCompletion=False`` it returns a
+:class:`BackendRun` at once (``cancel()``, ``running``, ``outcome``) and reports through the callbacks, polled by
+a Qt timer inside Slicer (elsewhere call ``run.poll()`` or ``run.wait()``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import slicer
+
+from VoCoSlicerLib.backendEnvironment import BackendEnvironment
+from VoCoSlicerLib.backendRunner import (
+    BackendError,
+    BackendRun,
+    BackendRunner,
+    FinishedCallback,
+    LogCallback,
+    ProgressCallback,
+    RunOutcome,
+)
+from VoCoSlicerLib.labelClasses import classesFromResult
+from VoCoSlicerLib.modelCatalogue import ModelCatalogue
+from VoCoSlicerLib.parameters import FinetuneParameters, PretrainParameters, SegmentParameters
+from VoCoSlicerLib.sceneIO import exportTrainingLabels, exportVolume, importSegmentation, trainingClasses
+
+POLL_INTERVAL_MS = 100
+
+
+def _processEvents() -> None:
+    """Keep Slicer's GUI responsive while a blocking call waits (no-op outside Slicer)."""
+    app = getattr(slicer, "app", None)
+    if app is not None:
+        app.processEvents()
+
+
+def _pollInBackground(run: BackendRun) -> None:
+    """Inside Slicer, poll ``run`` from the GUI thread with a Qt timer until it ends."""
+    if getattr(slicer, "app", None) is None:
+        return
+    import qt
+
+    def tick() -> None:
+        if run.poll():
+            qt.QTimer.singleShot(POLL_INTERVAL_MS, tick)
+
+    qt.QTimer.singleShot(0, tick)
+
+
+def referenceVolumes(segmentationNodes: Sequence[slicer.vtkMRMLSegmentationNode]) -> list[Any]:
+    """The volume each segmentation was drawn on (its reference geometry node), or None where unknown."""
+    return [node.GetNodeReference(node.GetReferenceImageGeometryReferenceRole()) for node in segmentationNodes]
+
+
+class VoCoSlicerLogic:
+    """Segment, fine-tune and pretrain through the backend process.
+
+    Args:
+        environment: the Python that runs the backend (default: Slicer's own).
+        runner: starts the backend (default: a :class:`BackendRunner` for ``environment``); tests inject one.
+    """
+
+    def __init__(self, environment: BackendEnvironment | None = None, runner: BackendRunner | None = None) -> None:
+        self.environment = environment or BackendEnvironment()
+        self.runner = runner or BackendRunner(self.environment.command())
+        self.catalogue = ModelCatalogue(self.runner)
+
+    def segment(
+        self,
+        volumeNode: slicer.vtkMRMLScalarVolumeNode,
+        model: str,
+        segmentationNode: slicer.vtkMRMLSegmentationNode | None = None,
+        device: str = "auto",
+        waitForCompletion: bool = True,
+        onProgress: ProgressCallback | None = None,
+        onLog: LogCallback | None = None,
+        onFinished: FinishedCallback | None = None,
+    ) -> Any:
+        """Segment ``volumeNode`` with ``model``: a model folder, a registered model's name or a catalogue
+        segmentation network (``VoComni_B``).
+
+        Returns:
+            The segmentation node (``segmentationNode``, its segments replaced, or a new node beside the volume)
+            with one segment per class of the model: its name, colour and label value. With
+            ``waitForCompletion=False`` a :class:`BackendRun` whose ``outcome.output`` is that node.
+        """
+        modelName = Path(model).name
+
+        def prepare(workDir: Path) -> list[str]:
+            inputPath = exportVolume(volumeNode, workDir / "input.nrrd")
+            return SegmentParameters(
+                model=model, inputPath=inputPath, outputPath=str(workDir / "segmentation.nrrd"), device=device
+            ).toArgv()
+
+        def complete(outcome: RunOutcome, workDir: Path) -> slicer.vtkMRMLSegmentationNode:
+            classes = classesFromResult(outcome.result)
+            return importSegmentation(workDir / "segmentation.nrrd", volumeNode, classes, modelName, segmentationNode)
+
+        return self._run("segment", prepare, complete, waitForCompletion, onProgress, onLog, onFinished)
+
+    def finetune(
+        self,
+        volumeNodes: Sequence[slicer.vtkMRMLScalarVolumeNode],
+        segmentationNodes: Sequence[slicer.vtkMRMLSegmentationNode],
+        outputModelDir: str | Path,
+        init: str | None = None,
+        steps: int | None = None,
+        modelSize: str | None = None,
+        roi: int | None = None,
+        spacing: Sequence[float] | None = None,
+        device: str = "auto",
+        seed: int | None = None,
+        register: bool = True,
+        waitForCompletion: bool = True,
+        onProgress: ProgressCallback | None = None,
+        onLog: LogCallback | None = None,
+        onFinished: FinishedCallback | None = None,
+    ) -> Any:
+        """Fine-tune a segmentation model on the segmentations drawn on the volumes (pairwise).
+
+        Each segment name becomes a class; a name that came from a model's result keeps that model's label value.
+        ``init`` is a catalogue name, an encoder/checkpoint path or ``"none"`` (None: the backend's default);
+        ``spacing`` (mm, x y z) is the resampling of the model's recipe (None: the backend's 1.5 mm).
+        ``register`` adds the new folder to the user's models so it is listed by name.
+
+        Returns:
+            The model folder (``outputModelDir``); with ``waitForCompletion=False`` a :class:`BackendRun`.
+        """
+        if len(volumeNodes) != len(segmentationNodes) or not volumeNodes:
+            raise ValueError(
+                f"give one volume per segmentation, got {len(volumeNodes)} volumes and "
+                f"{len(segmentationNodes)} segmentations"
+            )
+        classes = trainingClasses(segmentationNodes)
+        outputModelDir = str(Path(outputModelDir).resolve())
+
+        def prepare(workDir: Path) -> list[str]:
+            images = [exportVolume(v, workDir / f"image{i}.nrrd") for i, v in enumerate(volumeNodes)]
+            labels = [
+                exportTrainingLabels(s, v, classes, workDir / f"label{i}.nrrd")
+                for i, (v, s) in enumerate(zip(volumeNodes, segmentationNodes, strict=True))
+            ]
+            return FinetuneParameters(
+                images=tuple(images),
+                labels=tuple(labels),
+                outputModelDir=outputModelDir,
+                classes={c.name: c.value for c in classes},
+                init=init,
+                steps=steps,
+                modelSize=modelSize,
+                roi=roi,
+                device=device,
+                seed=seed,
+                spacing=None if spacing is None else tuple(spacing),
+            ).toArgv()
+
+        def complete(outcome: RunOutcome, workDir: Path) -> str:
+            if register:
+                self.catalogue.register(outputModelDir)
+            return outputModelDir
+
+        return self._run("finetune", prepare, complete, waitForCompletion, onProgress, onLog, onFinished)
+
+    def pretrain(
+        self,
+        data: Sequence[str | Path],
+        outputRunDir: str | Path,
+        steps: int | None = None,
+        modelSize: str | None = None,
+        init: str | None = None,
+        device: str = "auto",
+        resume: bool = False,
+        waitForCompletion: bool = True,
+        onProgress: ProgressCallback | None = None,
+        onLog: LogCallback | None = None,
+        onFinished: FinishedCallback | None = None,
+    ) -> Any:
+        """VoCo-pretrain an encoder on CT files or folders ``data``.
+
+        Returns:
+            The run folder (its ``encoder.pt`` initialises fine-tuning); with ``waitForCompletion=False`` a
+            :class:`BackendRun`.
+        """
+        outputRunDir = str(Path(outputRunDir).resolve())
+        parameters = PretrainParameters(
+            data=tuple(str(p) for p in data),
+            outputRunDir=outputRunDir,
+            steps=steps,
+            modelSize=modelSize,
+            init=init,
+            device=device,
+            resume=resume,
+        )
+        return self._run(
+            "pretrain",
+            lambda workDir: parameters.toArgv(),
+            lambda outcome, workDir: outputRunDir,
+            waitForCompletion,
+            onProgress,
+            onLog,
+            onFinished,
+        )
+
+    def _run(
+        self,
+        name: str,
+        prepare: Callable[[Path], list[str]],
+        complete: Callable[[RunOutcome, Path], Any],
+        waitForCompletion: bool,
+        onProgress: ProgressCallback | None,
+        onLog: LogCallback | None,
+        onFinished: FinishedCallback | None,
+    ) -> Any:
+        """Write the inputs to a temporary folder, run the backend, turn its output into the result, clean up."""
+        workDir = Path(tempfile.mkdtemp(prefix=f"VoCoSlicer-{name}-"))
+
+        def finished(outcome: RunOutcome) -> None:
+            try:
+                if outcome.ok:
+                    outcome.output = complete(outcome, workDir)
+            except Exception as exc:  # the callback boundary: any failure becomes the run's one-line message
+                outcome.message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            finally:
+                shutil.rmtree(workDir, ignore_errors=True)
+            if onFinished:
+                onFinished(outcome)
+
+        try:
+            run = self.runner.start(prepare(workDir), onProgress, onLog, finished)
+        except Exception:
+            shutil.rmtree(workDir, ignore_errors=True)
+            raise
+        if not waitForCompletion:
+            _pollInBackground(run)
+            return run
+        try:
+            outcome = run.wait(idle=_processEvents)
+        except BaseException:  # an interrupted wait (Ctrl+C, a failing callback) must not orphan the process
+            run.cancel()
+            raise
+        if not outcome.ok:
+            raise BackendError(outcome)
+        return outcome.output

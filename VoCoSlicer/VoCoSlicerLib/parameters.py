@@ -1,0 +1,185 @@
+"""One typed parameter object per panel (Segment, Fine-tune, Pretrain) that produces the backend's argv.
+
+The flags are those of ``docs/PROTOCOL.md``; an option left at ``None`` is not passed, so the backend's own
+default applies. Each object validates itself on construction and raises :class:`ParameterError` naming the
+field, so a wrong value never reaches the backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+DEVICES = ("auto", "cpu", "cuda")
+MODEL_SIZES = ("tiny", "B", "L", "H")
+LABEL_SUFFIXES = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd")
+
+
+class ParameterError(ValueError):
+    """A parameter value the backend would refuse; the message names the field and what is allowed."""
+
+
+def _checkChoice(field: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ParameterError(f"{field} must be one of {', '.join(allowed)}, got '{value}'")
+
+
+def _checkPositive(field: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ParameterError(f"{field} must be a positive integer, got {value}")
+
+
+def _checkPaths(field: str, paths: Sequence[str]) -> None:
+    if not paths or any(not str(p) for p in paths):
+        raise ParameterError(f"{field} needs at least one file and no empty path")
+
+
+def _optional(flag: str, value: object) -> list[str]:
+    return [] if value is None else [flag, str(value)]
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentParameters:
+    """``segment``: a model applied to one CT, writing a label map on the CT's grid."""
+
+    model: str
+    inputPath: str
+    outputPath: str
+    device: str = "auto"
+    overlap: float | None = None
+    tta: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ParameterError("model must name a model folder or a catalogue model")
+        if not self.inputPath:
+            raise ParameterError("inputPath must not be empty")
+        if not self.outputPath.lower().endswith(LABEL_SUFFIXES):
+            raise ParameterError(
+                f"outputPath must end with one of {', '.join(LABEL_SUFFIXES)}, got '{self.outputPath}'"
+            )
+        _checkChoice("device", self.device, DEVICES)
+        if self.overlap is not None and not 0.0 <= self.overlap < 1.0:
+            raise ParameterError(f"overlap must be in [0, 1), got {self.overlap}")
+
+    def toArgv(self) -> list[str]:
+        """The backend arguments after ``python -m voco_backend``."""
+        argv = [
+            "segment",
+            "--model",
+            self.model,
+            "--input",
+            self.inputPath,
+            "--output",
+            self.outputPath,
+            "--device",
+            self.device,
+            *_optional("--overlap", self.overlap),
+        ]
+        return [*argv, "--tta"] if self.tta else argv
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneParameters:
+    """``finetune``: a segmentation model trained from image/label pairs.
+
+    ``colorTable`` (a Slicer colour table file) or ``classes`` (name → label value) names the label values;
+    exactly one of them must be given so that the model's classes are the user's, never renumbered.
+    """
+
+    images: tuple[str, ...]
+    labels: tuple[str, ...]
+    outputModelDir: str
+    colorTable: str | None = None
+    classes: Mapping[str, int] | None = None
+    init: str | None = None
+    steps: int | None = None
+    modelSize: str | None = None
+    roi: int | None = None
+    spacing: tuple[float, float, float] | None = None
+    device: str = "auto"
+    seed: int | None = None
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        _checkPaths("images", self.images)
+        _checkPaths("labels", self.labels)
+        if len(self.images) != len(self.labels):
+            raise ParameterError(
+                f"images and labels must pair up, got {len(self.images)} images and {len(self.labels)} labels"
+            )
+        if not self.outputModelDir:
+            raise ParameterError("outputModelDir must not be empty")
+        if (self.colorTable is None) == (self.classes is None):
+            raise ParameterError("colorTable or classes: give exactly one of them")
+        if self.classes is not None:
+            badValues = [name for name, value in self.classes.items() if not 0 < value < 65536]
+            if not self.classes or badValues:
+                raise ParameterError(
+                    f"classes must map names to label values 1..65535, check: {', '.join(badValues) or '(none given)'}"
+                )
+        _checkPositive("steps", self.steps)
+        _checkPositive("roi", self.roi)
+        if self.spacing is not None and (len(self.spacing) != 3 or min(self.spacing) <= 0):
+            raise ParameterError(f"spacing must be three positive numbers (mm), got {self.spacing}")
+        if self.modelSize is not None:
+            _checkChoice("modelSize", self.modelSize, MODEL_SIZES)
+        _checkChoice("device", self.device, DEVICES)
+
+    def toArgv(self) -> list[str]:
+        """The backend arguments after ``python -m voco_backend``."""
+        argv = ["finetune", "--images", *self.images, "--labels", *self.labels, "--out", self.outputModelDir]
+        if self.colorTable is not None:
+            argv += ["--color-table", self.colorTable]
+        else:
+            argv += ["--classes", *(f"{name}={value}" for name, value in self.classes.items())]
+        argv += [
+            *_optional("--init", self.init),
+            *_optional("--steps", self.steps),
+            *_optional("--model-size", self.modelSize),
+            *_optional("--roi", self.roi),
+        ]
+        if self.spacing is not None:
+            argv += ["--spacing", *(str(s) for s in self.spacing)]
+        argv += ["--device", self.device, *_optional("--seed", self.seed)]
+        return [*argv, "--resume"] if self.resume else argv
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainParameters:
+    """``pretrain``: VoCo self-supervised pretraining of an encoder on unlabelled CT."""
+
+    data: tuple[str, ...]
+    outputRunDir: str
+    steps: int | None = None
+    modelSize: str | None = None
+    init: str | None = None
+    device: str = "auto"
+    seed: int | None = None
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        _checkPaths("data", self.data)
+        if not self.outputRunDir:
+            raise ParameterError("outputRunDir must not be empty")
+        _checkPositive("steps", self.steps)
+        if self.modelSize is not None:
+            _checkChoice("modelSize", self.modelSize, MODEL_SIZES)
+        _checkChoice("device", self.device, DEVICES)
+
+    def toArgv(self) -> list[str]:
+        """The backend arguments after ``python -m voco_backend``."""
+        argv = [
+            "pretrain",
+            "--data",
+            *self.data,
+            "--out",
+            self.outputRunDir,
+            *_optional("--steps", self.steps),
+            *_optional("--model-size", self.modelSize),
+            *_optional("--init", self.init),
+            "--device",
+            self.device,
+            *_optional("--seed", self.seed),
+        ]
+        return [*argv, "--resume"] if self.resume else argv
