@@ -1,0 +1,210 @@
+"""Few-shot fine-tuning of a SwinUNETR-v2 segmentation network from VoCo weights.
+
+Examples::
+
+    python -m voco_backend finetune --images a.nii.gz b.nii.gz --labels a_seg.nii.gz b_seg.nii.gz \\
+        --classes tumour=1 --out models/tumour --init runs/voco_b/encoder.pt --steps 400
+    python -m voco_backend finetune --images ct.nrrd --labels ct.seg.nrrd --out models/chest --init VoCo_B_SSL_head
+    python -m voco_backend finetune ... --out models/tumour --steps 800 --resume
+
+Labels are integer label maps on their image's physical grid; their values are named by --classes, a Slicer
+colour table (--color-table), the .seg.nrrd header, or else by the values found. Validation uses --val-images/
+--val-labels, else a held-back share of the cases (--val-fraction), else (too few cases) the training cases.
+MODEL_DIR receives model.pt (weights of the best validation Dice), model.json (classes, recipe, roi,
+architecture, init source, training figures) and checkpoint_last.pt (resumable).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from voco_backend.cancel import CancelToken
+from voco_backend.config import check_choice, check_range, field
+from voco_backend.errors import UsageError
+from voco_backend.networks import FEATURE_SIZES
+from voco_backend.protocol import Reporter
+
+if TYPE_CHECKING:
+    from torch import nn
+
+DEVICES = ["auto", "cpu", "cuda"]
+
+
+@dataclasses.dataclass
+class FinetuneConfig:
+    """Configuration of ``finetune``."""
+
+    images: list[str] = field(help="training CT images (files or DICOM series folders)", metavar="IMAGE")
+    labels: list[str] = field(help="their label maps, in the same order", metavar="LABEL")
+    out: str = field(help="model folder to write (model.pt, model.json, checkpoint_last.pt)", metavar="MODEL_DIR")
+    init: str = field(
+        "none",
+        help="encoder initialisation: a checkpoint file (encoder.pt of pretrain, an official "
+        "VoCo file), a catalogue name, or none (from scratch)",
+        metavar="PATH|NAME|none",
+    )
+    classes: list[str] = field([], help="class names and label values, e.g. tumour=1 edema=2", metavar="NAME=VALUE")
+    color_table: str | None = field(
+        None, help="Slicer colour table (.ctbl/.txt) naming the label values", metavar="FILE"
+    )
+    val_images: list[str] = field([], help="validation CT images (default: held back from --images)", metavar="IMAGE")
+    val_labels: list[str] = field([], help="their label maps", metavar="LABEL")
+    val_fraction: float = field(0.2, help="share of the cases held back for validation when no --val-images")
+    steps: int = field(200, help="optimiser steps (a resumed run continues up to this count)")
+    model_size: str = field(
+        "B", help="network size: tiny (fs 12, CPU tests), B (48), L (96), H (192)", choices=list(FEATURE_SIZES)
+    )
+    roi: int | None = field(
+        None, help="crop and sliding-window side in voxels, a multiple of 32 >= 64 (default 64 for tiny, 96 otherwise)"
+    )
+    batch_size: int = field(2, help="crops per step (drawn from one case)")
+    lr: float = field(3e-4, help="peak AdamW learning rate")
+    weight_decay: float = field(1e-5, help="AdamW weight decay")
+    warmup_steps: int | None = field(None, help="linear warm-up steps before the cosine decay (default steps // 10)")
+    val_every: int = field(50, help="validate (sliding windows) every N steps and at the end")
+    checkpoint_every: int = field(50, help="write checkpoint_last.pt every N steps")
+    spacing: list[float] = field([1.5, 1.5, 1.5], help="resampling spacing in mm (x y z)", nargs=3)
+    window: list[float] = field([-1000.0, 1000.0], help="HU window mapped to [0, 1] (low high)", nargs=2)
+    name: str | None = field(None, help="model name in model.json (default: the folder name)")
+    resume: bool = field(False, help="continue MODEL_DIR/checkpoint_last.pt")
+    amp: bool = field(True, help="mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling)")
+    gradient_checkpointing: bool = field(False, help="recompute activations in backward: less memory, slower")
+    device: str = field("auto", help="auto, cpu or cuda", choices=DEVICES)
+    seed: int = field(0, help="seed of every random choice; same seed, same run")
+
+    def __post_init__(self) -> None:
+        check_choice("model_size", self.model_size, list(FEATURE_SIZES))
+        check_choice("device", self.device, DEVICES)
+        if not self.images:
+            raise UsageError("field 'images' needs at least one image")
+        for images, labels in (("images", "labels"), ("val_images", "val_labels")):
+            if len(getattr(self, images)) != len(getattr(self, labels)):
+                raise UsageError(
+                    f"fields '{images}' and '{labels}' must have the same length, got "
+                    f"{len(getattr(self, images))} and {len(getattr(self, labels))}"
+                )
+        if self.classes and self.color_table:
+            raise UsageError("give either field 'classes' or field 'color_table', not both")
+        if self.roi is None:
+            self.roi = 64 if self.model_size == "tiny" else 96
+        if self.roi < 64 or self.roi % 32:
+            raise UsageError(f"field 'roi' must be a multiple of 32 and at least 64, got {self.roi}")
+        for name in ("steps", "batch_size", "val_every", "checkpoint_every"):
+            check_range(name, getattr(self, name), low=1)
+        check_range("val_fraction", self.val_fraction, 0.0, 0.9)
+        check_range("lr", self.lr, low=0.0)
+        check_range("weight_decay", self.weight_decay, low=0.0)
+        if self.warmup_steps is None:
+            self.warmup_steps = self.steps // 10
+        check_range("warmup_steps", self.warmup_steps, 0, self.steps)
+        if min(self.spacing) <= 0:
+            raise UsageError(f"field 'spacing' must be three positive numbers (mm), got {self.spacing}")
+        if self.window[0] >= self.window[1]:
+            raise UsageError(f"field 'window' must be two numbers low < high (HU), got {self.window}")
+
+
+CONFIG = FinetuneConfig
+
+
+def _init_encoder(model: nn.Module, init: str, reporter: Reporter) -> dict:
+    """Load the initial weights by the shared loading rule and report what loaded."""
+    if init.lower() == "none":
+        reporter.log("initialisation: none (training from scratch)")
+        return {"source": "none", "summary": "from scratch"}
+    from voco_backend.catalogue import resolve_model
+    from voco_backend.segmentation.model_folder import MODEL_PT
+    from voco_backend.weights import load_pretrained
+
+    path = resolve_model(init)
+    report = load_pretrained(model, path / MODEL_PT if path.is_dir() else path)
+    reporter.log(
+        f"initialisation: {report.summary()}",
+        loaded=len(report.loaded),
+        missing=len(report.missing),
+        shape_mismatch=len(report.shape_mismatch),
+        unexpected=len(report.unexpected),
+    )
+    return {"source": init, "file": report.source, "summary": report.summary()}
+
+
+def run(config: FinetuneConfig, reporter: Reporter, cancel: CancelToken) -> None:
+    """Read and check the data, initialise the network, train, and report the model folder."""
+    import torch
+
+    from voco_backend.data.recipe import Recipe
+    from voco_backend.distributed import resolve_device
+    from voco_backend.networks import build_swinunetr
+    from voco_backend.segmentation.finetune import FineTuner, Schedule
+    from voco_backend.segmentation.labels import class_table
+    from voco_backend.segmentation.model_folder import MODEL_PT, ModelInfo
+    from voco_backend.segmentation.training_data import build_cases, read_labelled, split_cases
+
+    device = resolve_device(config.device)
+    folder = Path(config.out)
+    if not config.resume and (folder / "checkpoint_last.pt").exists():
+        raise UsageError(
+            "already holds a fine-tuning run: add --resume to continue it, or choose another --out", file=folder
+        )
+    roi = (config.roi,) * 3
+    recipe = Recipe(spacing=tuple(config.spacing), window=tuple(config.window), min_size=roi)
+    train_pairs = read_labelled(config.images, config.labels, cancel)
+    val_pairs = read_labelled(config.val_images, config.val_labels, cancel)
+    classes, class_source = class_table(
+        config.classes, config.color_table, [p.label for p in train_pairs], config.labels
+    )
+    reporter.log(f"classes from {class_source}: " + ", ".join(f"{c.value} {c.name}" for c in classes))
+    train_cases = build_cases(train_pairs, classes, recipe, cancel)
+    val_cases = build_cases(val_pairs, classes, recipe, cancel)
+    if not val_cases:
+        train_cases, val_cases = split_cases(train_cases, config.val_fraction, config.seed)
+    if not val_cases:
+        val_cases = train_cases
+        reporter.log(
+            f"only {len(train_cases)} case(s): validating on the training case(s), so the validation "
+            "Dice measures fit, not generalisation; give --val-images/--val-labels",
+            level="warning",
+        )
+    torch.manual_seed(config.seed)
+    model = build_swinunetr(config.model_size, len(classes) + 1, gradient_checkpointing=config.gradient_checkpointing)
+    init = _init_encoder(model, config.init, reporter) if not config.resume else {}
+    model.to(device)
+    info = ModelInfo(
+        name=config.name or folder.resolve().name,
+        model_size=config.model_size,
+        classes=classes,
+        recipe=recipe,
+        roi=roi,
+        init=init,
+        training={
+            "train_cases": [c.name for c in train_cases],
+            "val_cases": [c.name for c in val_cases],
+            "device": str(device),
+        },
+    )
+    schedule = Schedule(
+        steps=config.steps,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_steps,
+        val_every=config.val_every,
+        checkpoint_every=config.checkpoint_every,
+        seed=config.seed,
+        amp=config.amp,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    tuner = FineTuner(model, info, folder, schedule, device, train_cases, val_cases)
+    if config.resume:
+        tuner.resume()
+        reporter.log(f"resumed at step {tuner.progress.step} of {config.steps}", step=tuner.progress.step)
+    progress = tuner.run(reporter, cancel)
+    reporter.result(
+        model=str(folder),
+        weights=str(folder / MODEL_PT),
+        steps=progress.step,
+        best_dice=progress.best_dice,
+        best_step=progress.best_step,
+        seconds=round(progress.seconds, 1),
+    )

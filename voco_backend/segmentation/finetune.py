@@ -1,0 +1,287 @@
+"""The fine-tuning loop: SwinUNETR-v2 from VoCo weights, DiceCE, AdamW warm-up + cosine, best-Dice keeping, resume.
+
+``model.pt`` always holds the weights of the best validation Dice so far and is replaced (atomically) only when
+the Dice improves; ``checkpoint_last.pt`` (model, optimiser, scheduler, loss scaler, step, RNG, figures) is
+written every ``checkpoint_every`` steps, at the end and when a cancel is asked for at a step boundary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+from monai.metrics import DiceMetric
+from monai.networks.utils import one_hot
+from monai.optimizers import WarmupCosineSchedule
+
+from voco_backend.atomic import save_torch_atomic
+from voco_backend.cancel import CancelToken
+from voco_backend.errors import Cancelled, DataError, UsageError
+from voco_backend.pretrain.checkpoint import rng_state, set_rng_state
+from voco_backend.protocol import Reporter
+from voco_backend.segmentation.inference import sliding_window_probabilities
+from voco_backend.segmentation.model_folder import MODEL_PT, ModelInfo, write_model_info
+from voco_backend.segmentation.training_data import Case, sample_batch, train_transforms
+
+LAST = "checkpoint_last.pt"
+VAL_OVERLAP = 0.25
+
+
+@dataclasses.dataclass
+class Schedule:
+    """Optimisation settings of a run."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    warmup_steps: int
+    val_every: int
+    checkpoint_every: int
+    seed: int
+    amp: bool
+
+
+@dataclasses.dataclass
+class Progress:
+    """What the run has done so far (saved in ``checkpoint_last.pt`` and reported in ``model.json``)."""
+
+    step: int = 0
+    best_dice: float = -1.0
+    best_step: int | None = None
+    best_per_class: list[float] = dataclasses.field(default_factory=list)
+    losses: list[float] = dataclasses.field(default_factory=list)
+    validations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+
+
+def training_precision(device: torch.device, amp: bool) -> tuple[torch.dtype | None, bool]:
+    """The autocast dtype of a training step and whether the loss needs scaling (fp16); fp32 on a CPU."""
+    if not (amp and device.type == "cuda"):
+        return None, False
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return dtype, dtype == torch.float16
+
+
+def validation_dice(
+    model: torch.nn.Module,
+    cases: Sequence[Case],
+    info: ModelInfo,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    cancel: CancelToken,
+) -> list[float]:
+    """Mean Dice per class over ``cases`` (sliding windows, argmax); NaN for a class absent from every case."""
+    metric = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True)
+    model.eval()
+    for case in cases:
+        probabilities = sliding_window_probabilities(
+            model, case.image, info.roi, overlap=VAL_OVERLAP, device=device, dtype=dtype, cancel=cancel
+        )
+        prediction = one_hot(probabilities.argmax(0, keepdim=True)[None], info.out_channels)
+        metric(prediction, one_hot(case.label[None].long(), info.out_channels))
+    model.train()
+    return [float(d) for d in metric.aggregate()]
+
+
+class FineTuner:
+    """One fine-tuning run writing into a model folder.
+
+    Args:
+        model: the SwinUNETR-v2, already initialised and on ``device``.
+        info: the model's description (classes, recipe, roi); its ``training`` figures are filled in.
+        folder: the model folder.
+        schedule: optimisation settings.
+        device: where training runs.
+        train_cases: the cases crops are drawn from.
+        val_cases: the cases validation Dice is measured on.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        info: ModelInfo,
+        folder: Path,
+        schedule: Schedule,
+        device: torch.device,
+        train_cases: Sequence[Case],
+        val_cases: Sequence[Case],
+    ) -> None:
+        self.model, self.info, self.folder, self.schedule, self.device = model, info, folder, schedule, device
+        self.train_cases, self.val_cases = list(train_cases), list(val_cases)
+        self.dtype, scaled = training_precision(device, schedule.amp)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=schedule.lr, weight_decay=schedule.weight_decay)
+        self.scheduler = WarmupCosineSchedule(self.optimizer, schedule.warmup_steps, schedule.steps)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=scaled)
+        self.loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
+        self.transforms = train_transforms(info.roi, schedule.batch_size)
+        self.progress = Progress()
+
+    @property
+    def last_path(self) -> Path:
+        """The resumable checkpoint."""
+        return self.folder / LAST
+
+    def _setup(self) -> dict[str, Any]:
+        """What must not change between a run and its resumption."""
+        return {
+            "model_size": self.info.model_size,
+            "classes": [c.to_dict() for c in self.info.classes],
+            "recipe": self.info.recipe.to_dict(),
+            "roi": list(self.info.roi),
+            "seed": self.schedule.seed,
+            "batch_size": self.schedule.batch_size,
+        }
+
+    def save_last(self) -> None:
+        """Write ``checkpoint_last.pt`` atomically (weights-only loadable)."""
+        save_torch_atomic(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": rng_state(self.device),
+                "setup": self._setup(),
+                "init": self.info.init,
+                "progress": dataclasses.asdict(self.progress),
+            },
+            self.last_path,
+        )
+
+    def resume(self) -> None:
+        """Continue from ``checkpoint_last.pt``; a missing, damaged or incompatible one is a one-line error."""
+        if not self.last_path.is_file():
+            raise UsageError("no checkpoint to resume; run without --resume first", file=self.last_path)
+        try:
+            state = torch.load(self.last_path, map_location="cpu", weights_only=True)
+            setup, progress, init = state["setup"], Progress(**state["progress"]), dict(state["init"])
+        except Exception as exc:
+            raise DataError(
+                f"not a readable fine-tuning checkpoint ({type(exc).__name__})", file=self.last_path
+            ) from exc
+        changed = sorted(k for k, v in self._setup().items() if setup.get(k) != v)
+        if changed:
+            raise UsageError(
+                f"cannot resume: {', '.join(changed)} differ from the checkpoint's; use the same "
+                "settings or a new --out folder",
+                file=self.last_path,
+            )
+        if progress.step > self.schedule.steps:
+            raise UsageError(
+                f"field 'steps' ({self.schedule.steps}) is below the checkpoint's step {progress.step}",
+                file=self.last_path,
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scheduler.t_total = self.schedule.steps
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"], self.device)
+        self.progress, self.info.init = progress, init
+
+    def train_step(self) -> float:
+        """One optimiser step on the batch of the current step; returns the loss."""
+        image, label = sample_batch(self.transforms, self.train_cases, self.schedule.seed, self.progress.step)
+        image, label = image.to(self.device), label.to(self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            loss = self.loss(self.model(image).float(), label)
+        value = loss.detach().item()
+        if not math.isfinite(value):
+            raise DataError(f"the loss became {value} at step {self.progress.step + 1}; lower --lr")
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return value
+
+    def validate(self, cancel: CancelToken) -> list[float]:
+        """Validation Dice per class; keeps ``model.pt`` (and ``model.json``) when the mean improves."""
+        per_class = validation_dice(self.model, self.val_cases, self.info, self.device, self.dtype, cancel)
+        finite = [d for d in per_class if math.isfinite(d)]
+        dice = float(np.mean(finite)) if finite else 0.0
+        p = self.progress
+        p.validations.append(
+            {
+                "step": p.step,
+                "dice": dice,
+                "dice_per_class": per_class,
+                "loss": float(np.mean(p.losses[-self.schedule.val_every :])),
+            }
+        )
+        if dice > p.best_dice:
+            p.best_dice, p.best_step, p.best_per_class = dice, p.step, per_class
+            save_torch_atomic(self.model.state_dict(), self.folder / MODEL_PT)
+            self.write_info()
+        return per_class
+
+    def write_info(self) -> None:
+        """Write ``model.json`` with the current training figures."""
+        p = self.progress
+        self.info.training.update(
+            steps_done=p.step,
+            best_step=p.best_step,
+            best_dice=p.best_dice,
+            best_dice_per_class=dict(zip([c.name for c in self.info.classes], p.best_per_class, strict=False)),
+            validations=p.validations,
+            seconds=round(p.seconds, 1),
+            schedule=dataclasses.asdict(self.schedule),
+        )
+        write_model_info(self.folder, self.info)
+
+    def run(self, reporter: Reporter, cancel: CancelToken) -> Progress:
+        """Train up to ``schedule.steps``, validating every ``val_every`` steps and at the end.
+
+        Raises:
+            Cancelled: after ``checkpoint_last.pt`` was written, when a cancel was asked for.
+        """
+        self.model.train()
+        p, s = self.progress, self.schedule
+        started = time.monotonic() - p.seconds
+        while p.step < s.steps:
+            if cancel.cancelled:
+                self._stop(started)
+            p.losses.append(self.train_step())
+            p.step += 1
+            p.seconds = time.monotonic() - started
+            reporter.progress(
+                "finetune", p.step, s.steps, loss=round(p.losses[-1], 4), lr=self.scheduler.get_last_lr()[0]
+            )
+            if p.step % s.val_every == 0 or p.step == s.steps:
+                self._validate(reporter, cancel, started)
+            if p.step % s.checkpoint_every == 0 or p.step == s.steps:
+                self.save_last()
+        if not p.validations or p.validations[-1]["step"] != p.step:  # resumed after a cancel in the last one
+            self._validate(reporter, cancel, started)
+            self.save_last()
+        self.write_info()
+        return p
+
+    def _validate(self, reporter: Reporter, cancel: CancelToken, started: float) -> None:
+        """Validate and log the figures; a cancel during validation still saves the resumable checkpoint."""
+        p = self.progress
+        try:
+            per_class = self.validate(cancel)
+        except Cancelled:
+            self._stop(started)
+        reporter.log(
+            f"validation Dice at step {p.step}: {p.validations[-1]['dice']:.4f} "
+            f"(best {p.best_dice:.4f} at step {p.best_step})",
+            step=p.step,
+            dice=p.validations[-1]["dice"],
+            dice_per_class=per_class,
+        )
+
+    def _stop(self, started: float) -> NoReturn:
+        """Save the resumable checkpoint and raise :class:`Cancelled`."""
+        self.progress.seconds = time.monotonic() - started
+        self.save_last()
+        raise Cancelled()

@@ -1,0 +1,179 @@
+"""The model folder ``finetune`` writes and ``segment`` reads: ``model.json`` (metadata) and ``model.pt`` (weights).
+
+``model.json`` holds everything needed to apply the model: the classes (label values, names, colours), the
+preprocessing recipe, the sliding-window roi, the architecture, where the encoder's initial weights came from
+(with the load report) and the training figures. ``model.pt`` is a flat state dict loadable with
+``torch.load(weights_only=True)``. A catalogue segmentation network (``VoComni_*``) is described by the same
+:class:`ModelInfo`, built from its catalogue entry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from voco_backend import __version__
+from voco_backend.atomic import write_text_atomic
+from voco_backend.data.recipe import Recipe
+from voco_backend.errors import DataError, UsageError
+from voco_backend.networks import FEATURE_SIZES, feature_size_of
+from voco_backend.segmentation.labels import SegmentClass, default_color
+
+MODEL_JSON = "model.json"
+MODEL_PT = "model.pt"
+FORMAT = "voco-segmentation-model"
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass
+class ModelInfo:
+    """What a segmentation model is and how it must be applied.
+
+    Attributes:
+        name: the model's name (catalogue registration uses it).
+        model_size: ``tiny``, ``B``, ``L`` or ``H``.
+        classes: the foreground classes; output channel ``i`` is ``classes[i - 1]``, channel 0 background.
+        recipe: the deterministic preprocessing.
+        roi: the sliding-window size in voxels.
+        init: ``source`` of the initial weights and the load ``summary``.
+        training: training figures (steps, best Dice, history, cases, timings).
+    """
+
+    name: str
+    model_size: str
+    classes: list[SegmentClass]
+    recipe: Recipe
+    roi: tuple[int, int, int]
+    init: dict[str, Any] = dataclasses.field(default_factory=dict)
+    training: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def out_channels(self) -> int:
+        """Background plus one channel per class."""
+        return len(self.classes) + 1
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``model.json`` document."""
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "architecture": {
+                "name": "SwinUNETR",
+                "use_v2": True,
+                "downsample": "merging",
+                "model_size": self.model_size,
+                "feature_size": feature_size_of(self.model_size),
+                "in_channels": 1,
+                "out_channels": self.out_channels,
+            },
+            "classes": [c.to_dict() for c in self.classes],
+            "recipe": self.recipe.to_dict(),
+            "roi": list(self.roi),
+            "init": self.init,
+            "training": self.training,
+            "voco_backend_version": __version__,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, source: str | Path) -> ModelInfo:
+        """Parse a ``model.json`` document; a missing or malformed field is a one-line error naming ``source``."""
+        try:
+            if data.get("format") != FORMAT:
+                raise ValueError(f"format is {data.get('format')!r}, expected {FORMAT!r}")
+            if int(data["format_version"]) > FORMAT_VERSION:
+                raise ValueError(
+                    f"format_version {data['format_version']} is newer than this program's "
+                    f"{FORMAT_VERSION}: update voco-backend"
+                )
+            info = cls(
+                name=str(data["name"]),
+                model_size=str(data["architecture"]["model_size"]),
+                classes=[SegmentClass.from_dict(c) for c in data["classes"]],
+                recipe=Recipe.from_dict(data["recipe"]),
+                roi=tuple(int(r) for r in data["roi"]),
+                init=dict(data.get("init", {})),
+                training=dict(data.get("training", {})),
+            )
+            feature_size_of(info.model_size)
+        except (AttributeError, KeyError, TypeError, ValueError, UsageError) as exc:
+            raise DataError(f"not a valid model description ({type(exc).__name__}: {exc})", file=source) from exc
+        return info
+
+
+def write_model_info(folder: Path, info: ModelInfo) -> Path:
+    """Write ``folder/model.json`` atomically."""
+    path = folder / MODEL_JSON
+    write_text_atomic(path, json.dumps(info.to_json(), indent=2) + "\n")
+    return path
+
+
+def read_model_info(folder: Path) -> ModelInfo:
+    """Read ``folder/model.json``; a missing ``model.pt`` is an error too (the folder is unusable without it)."""
+    path = folder / MODEL_JSON
+    for needed in (path, folder / MODEL_PT):
+        if not needed.is_file():
+            raise DataError(
+                f"not a model folder: {needed.name} is missing (finetune writes model.json and model.pt)", file=folder
+            )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"cannot read the model description ({exc})", file=path) from exc
+    return ModelInfo.from_json(data, path)
+
+
+def catalogue_model_info(weights: Path) -> ModelInfo:
+    """The :class:`ModelInfo` of a downloaded catalogue segmentation network (``VoComni_*``).
+
+    The authors publish no class names: classes are named ``class_1`` … ``class_20`` by label value.
+
+    Raises:
+        UsageError: the file is not a catalogue segmentation network (an encoder needs fine-tuning first).
+    """
+    from voco_backend.catalogue import load_catalogue
+
+    entry = next((e for e in load_catalogue() if e.file == weights.name), None)
+    if entry is None:
+        raise UsageError(
+            "a model file must be a catalogue segmentation network; a fine-tuned model is a folder "
+            "(model.json + model.pt)",
+            file=weights,
+        )
+    if entry.kind != "segmentation" or not entry.out_channels or not entry.recipe:
+        raise UsageError(
+            f"'{entry.name}' is an encoder, not a segmentation network: fine-tune it first "
+            f"(finetune --init {entry.name})",
+            file=weights,
+        )
+    size = next(k for k, v in FEATURE_SIZES.items() if v == entry.feature_size)
+    classes = [SegmentClass(f"class_{v}", v, default_color(v - 1)) for v in range(1, entry.out_channels)]
+    recipe = Recipe(
+        spacing=tuple(entry.recipe["spacing"]),
+        window=tuple(entry.recipe["window"]),
+        min_size=tuple(entry.recipe["roi"]),
+    )
+    return ModelInfo(
+        name=entry.name,
+        model_size=size,
+        classes=classes,
+        recipe=recipe,
+        roi=tuple(entry.recipe["roi"]),
+        init={
+            "source": entry.name,
+            "note": f"the authors published no class names: classes are named "
+            f"class_1 … class_{len(classes)} by label value",
+        },
+    )
+
+
+def resolve_segmentation_model(name_or_path: str) -> tuple[ModelInfo, Path]:
+    """A model folder, a registered model name or a catalogue segmentation network → (info, weights file)."""
+    from voco_backend.catalogue import resolve_model
+
+    path = resolve_model(name_or_path)
+    if path.is_dir():
+        return read_model_info(path), path / MODEL_PT
+    return catalogue_model_info(path), path

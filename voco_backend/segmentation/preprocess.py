@@ -1,0 +1,36 @@
+"""The shared deterministic recipe applied to images already in memory (and their class-index labels).
+
+Training and inference both hold the SimpleITK image already (training checks the label against it, inference
+needs its grid to restore the output), so the recipe's file-loading step is skipped and the rest of
+:func:`voco_backend.data.recipe.deterministic_transforms` runs unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose
+
+from voco_backend.data.io import to_metatensor
+from voco_backend.data.recipe import LoadSitkd, Recipe, deterministic_transforms
+
+LABEL_KEY = "label"
+
+
+def preprocess(recipe: Recipe, image: sitk.Image, label: np.ndarray | None = None) -> dict[str, MetaTensor]:
+    """Apply ``recipe`` to ``image`` and optionally to a class-index array on the image's grid (z, y, x order).
+
+    Returns:
+        ``{"image": (1, X, Y, Z) float, "label": (1, X, Y, Z) int16}`` in RAS at the recipe spacing, cropped
+        to the foreground and padded; each MetaTensor's affine maps its voxels to physical RAS millimetres.
+    """
+    pipeline = deterministic_transforms(recipe, LABEL_KEY if label is not None else None)
+    steps = Compose([t for t in pipeline.transforms if not isinstance(t, LoadSitkd)])
+    data = {"image": to_metatensor(image)}
+    if label is not None:
+        label_image = sitk.GetImageFromArray(label)
+        label_image.CopyInformation(image)
+        data[LABEL_KEY] = to_metatensor(label_image, torch.int16)
+    return steps(data)

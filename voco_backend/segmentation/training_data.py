@@ -1,0 +1,132 @@
+"""Labelled cases for fine-tuning: checked, mapped to class indices, preprocessed once and kept in memory.
+
+Few-shot runs hold a handful of volumes, so the deterministic output of the recipe is cached in memory and only
+the random part (positive/negative crops and the VoCo augmentations) runs per step, seeded by (seed, step) so
+that a resumed run draws exactly what the uninterrupted one would have drawn.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from monai.transforms import (
+    Compose,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandRotate90d,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+)
+
+from voco_backend.cancel import CancelToken
+from voco_backend.data.io import IMAGE_SUFFIXES, read_image
+from voco_backend.data.recipe import Recipe
+from voco_backend.segmentation.labels import SegmentClass, label_on_image_grid, to_class_indices
+from voco_backend.segmentation.preprocess import LABEL_KEY, preprocess
+
+KEYS = ("image", LABEL_KEY)
+# Positive:negative crop centres (shared/VOCO.md §8, the official fine-tuning recipe).
+POS_NEG = (9, 1)
+
+
+@dataclasses.dataclass
+class LabelledImage:
+    """An image and its label on the image's exact grid, as read from files."""
+
+    name: str
+    image: sitk.Image
+    label: sitk.Image
+    label_path: str
+
+
+@dataclasses.dataclass
+class Case:
+    """A preprocessed case: (1, X, Y, Z) image in [0, 1] and class-index label on the same grid."""
+
+    name: str
+    image: torch.Tensor
+    label: torch.Tensor
+
+
+def case_name(path: str | Path) -> str:
+    """A file's name without its image extension (a DICOM folder's name)."""
+    name = Path(path).name
+    for suffix in sorted((*IMAGE_SUFFIXES, ".seg.nrrd"), key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def read_labelled(images: Sequence[str], labels: Sequence[str], cancel: CancelToken) -> list[LabelledImage]:
+    """Read image/label pairs; each label is checked against its image's physical grid."""
+    pairs = []
+    for image_path, label_path in zip(images, labels, strict=True):
+        cancel.check()
+        image = read_image(image_path)
+        label = label_on_image_grid(read_image(label_path), image, label_path)
+        pairs.append(LabelledImage(case_name(image_path), image, label, str(label_path)))
+    return pairs
+
+
+def build_cases(
+    pairs: Sequence[LabelledImage], classes: Sequence[SegmentClass], recipe: Recipe, cancel: CancelToken
+) -> list[Case]:
+    """Map each label to class indices (checking its values) and apply the recipe."""
+    cases = []
+    for pair in pairs:
+        cancel.check()
+        indices = to_class_indices(sitk.GetArrayViewFromImage(pair.label), classes, pair.label_path)
+        data = preprocess(recipe, pair.image, indices)
+        cases.append(Case(pair.name, data["image"].as_tensor(), data[LABEL_KEY].as_tensor().to(torch.uint8)))
+    return cases
+
+
+def split_cases(cases: list[Case], val_fraction: float, seed: int) -> tuple[list[Case], list[Case]]:
+    """Hold back ``int(n · val_fraction)`` cases (a seeded choice) for validation; none if that is 0."""
+    held = int(len(cases) * val_fraction)
+    if held == 0:
+        return cases, []
+    order = np.random.default_rng(seed).permutation(len(cases))
+    val = sorted(order[:held])
+    return [c for i, c in enumerate(cases) if i not in val], [cases[i] for i in val]
+
+
+def train_transforms(roi: Sequence[int], samples: int) -> Compose:
+    """Positive/negative crops of ``roi`` plus the VoCo augmentations (flips, rot90, intensity scale/shift)."""
+    keys = list(KEYS)
+    return Compose(
+        [
+            RandCropByPosNegLabeld(
+                keys=keys,
+                label_key=LABEL_KEY,
+                spatial_size=list(roi),
+                pos=POS_NEG[0],
+                neg=POS_NEG[1],
+                num_samples=samples,
+                image_key="image",
+                image_threshold=0,
+            ),
+            RandFlipd(keys=keys, prob=0.2, spatial_axis=0),
+            RandFlipd(keys=keys, prob=0.2, spatial_axis=1),
+            RandFlipd(keys=keys, prob=0.2, spatial_axis=2),
+            RandRotate90d(keys=keys, prob=0.2, max_k=3),
+            RandScaleIntensityd(keys="image", factors=0.1, prob=0.1),
+            RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
+        ]
+    )
+
+
+def sample_batch(transforms: Compose, cases: Sequence[Case], seed: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training batch of ``step``: crops of one case, a pure function of (seed, step)."""
+    rng = np.random.default_rng([seed, step])
+    case = cases[int(rng.integers(len(cases)))]
+    transforms.set_random_state(seed=int(rng.integers(2**31)))
+    samples = transforms({"image": case.image, LABEL_KEY: case.label})
+    image = torch.stack([torch.as_tensor(s["image"]) for s in samples])
+    label = torch.stack([torch.as_tensor(s[LABEL_KEY]) for s in samples])
+    return image.float(), label.long()
