@@ -37,16 +37,16 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 def child(variant: str, size: str, steps: int, data: list[str], cache: str, device: str) -> dict:
     """Time ``steps`` steps after one warm-up step; returns seconds per step and peak RSS."""
     import torch
+    from monai.optimizers import WarmupCosineSchedule
 
+    from voco_backend.cancel import CancelToken
     from voco_backend.cpu_memory import retain_freed_memory
+    from voco_backend.data.sources import resolve_sources
     from voco_backend.pretrain.config import PretrainConfig
     from voco_backend.pretrain.dataset import CachedVolumes, CropBatcher, prefetch
     from voco_backend.pretrain.heads import VoCoModel
     from voco_backend.pretrain.loop import _autocast, recipe_of, train_step
     from voco_backend.protocol import Reporter
-    from voco_backend.cancel import CancelToken
-    from voco_backend.data.sources import resolve_sources
-    from monai.optimizers import WarmupCosineSchedule
 
     options = VARIANTS[variant]
     config = PretrainConfig(data=data, out="unused", model_size=size, steps=steps + 1, volumes_per_step=1,

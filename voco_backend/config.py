@@ -23,7 +23,7 @@ from voco_backend.errors import UsageError
 C = TypeVar("C")
 
 
-def field(default: Any = dataclasses.MISSING, *, help: str, **metadata: Any) -> Any:  # noqa: A002
+def field(default: Any = dataclasses.MISSING, *, help: str, **metadata: Any) -> Any:
     """A dataclass field with CLI metadata; list defaults are copied per instance."""
     meta = {"help": help, **metadata}
     if isinstance(default, (list, dict)):

@@ -1,8 +1,8 @@
 """A stand-in backend process that speaks the protocol of docs/PROTOCOL.md, for the runner and logic tests.
 
 Usage: ``python fake_backend.py SCENARIO <backend argv ...>``. Scenarios:
-    ok        noise, progress, log, stderr, result; ``segment`` writes a two-class label on the input's grid
-              and reports its classes.
+    ok        noise, progress, log, stderr, result (with the argv and the --color-table file's text);
+              ``segment`` writes a two-class label on the input's grid and reports its classes.
     baddata   an ``error`` event naming the input file, exit 3.
     crash     a traceback on stderr and no event, exit 1.
     hang      starts a grandchild, reports its pid in a progress event, then waits; SIGTERM exits 130
@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 
 def emit(event: str, **fields: object) -> None:
@@ -60,7 +61,8 @@ def main() -> int:
                 ],
             )
             return 0
-        emit("result", argv=argv)
+        tables = {"colorTable": Path(flag(argv, "--color-table")).read_text()} if "--color-table" in argv else {}
+        emit("result", argv=argv, **tables)
         return 0
     if scenario == "baddata":
         emit("error", message="cannot read the image (truncated file)\nsecond line", file="/data/ct.nrrd", exit_code=3)

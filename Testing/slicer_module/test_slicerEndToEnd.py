@@ -21,6 +21,8 @@ def test_finetune_from_segmentation_nodes_keeps_the_colour_table_values(tinyMode
     modelJson = json.loads((tinyModel["modelDir"] / "model.json").read_text())
     assert [(c["name"], c["value"]) for c in modelJson["classes"]] == [(c.name, c.value) for c in tinyModel["classes"]]
     assert [c.value for c in tinyModel["classes"]] == list(range(1, 8))
+    for saved, drawn in zip(modelJson["classes"], tinyModel["classes"], strict=True):
+        assert saved["color"] == pytest.approx(drawn.color, abs=1 / 255)  # the user's colours, not a palette
     assert [(e["step"], e["total"]) for e in tinyModel["progress"] if e["stage"] == "finetune"][-1] == (2, 2)
     registered = {e.name: e.path for e in VoCoSlicerLogic().catalogue.list() if e.source == "user"}
     assert Path(registered["chest model"]) == tinyModel["modelDir"]

@@ -9,6 +9,8 @@ import pytest
 from VoCoSlicerLib import BackendError, BackendRunner, VoCoSlicerLogic
 from VoCoSlicerLib.sceneIO import segmentNames
 
+from voco_backend.segmentation.labels import read_color_table
+
 MODEL = "/models/chest model"
 
 
@@ -72,15 +74,21 @@ def test_finetune_passes_the_segment_names_with_their_label_values(
     outcome = run.wait()
     assert outcome.ok and outcome.output == str((tmp_path / "new model").resolve())
     argv = outcome.result["argv"]
-    classes = argv[argv.index("--classes") + 1 : argv.index("--steps")]
-    assert classes == [
-        "ribs=1",
-        "cervical vertebral column=2",
-        "thoracic vertebral column=3",
-        "lumbar vertebral column=4",
-        "right lung=5",
-        "left lung=6",
-        "tissue=7",
+    table = tmp_path / "classes.csv"
+    table.write_text(outcome.result["colorTable"])  # what the backend read, parsed by the backend's own reader
+    classes = read_color_table(table)
+    assert [(c.name, c.value) for c in classes] == [
+        ("ribs", 1),
+        ("cervical vertebral column", 2),
+        ("thoracic vertebral column", 3),
+        ("lumbar vertebral column", 4),
+        ("right lung", 5),
+        ("left lung", 6),
+        ("tissue", 7),
     ]
+    drawn = manualSegmentation.GetSegmentation().GetSegment(
+        manualSegmentation.GetSegmentation().GetSegmentIdBySegmentName("right lung")
+    )
+    assert classes[4].color == pytest.approx(drawn.GetColor(), abs=1 / 255)
     image, label = argv[argv.index("--images") + 1], argv[argv.index("--labels") + 1]
     assert not Path(image).exists() and not Path(label).exists(), "the temporary files were not removed"

@@ -36,7 +36,13 @@ from VoCoSlicerLib.backendRunner import (
 from VoCoSlicerLib.labelClasses import classesFromResult
 from VoCoSlicerLib.modelCatalogue import ModelCatalogue
 from VoCoSlicerLib.parameters import FinetuneParameters, PretrainParameters, SegmentParameters
-from VoCoSlicerLib.sceneIO import exportTrainingLabels, exportVolume, importSegmentation, trainingClasses
+from VoCoSlicerLib.sceneIO import (
+    exportTrainingLabels,
+    exportVolume,
+    importSegmentation,
+    trainingClasses,
+    writeColorTable,
+)
 
 POLL_INTERVAL_MS = 100
 
@@ -158,7 +164,7 @@ class VoCoSlicerLogic:
                 images=tuple(images),
                 labels=tuple(labels),
                 outputModelDir=outputModelDir,
-                classes={c.name: c.value for c in classes},
+                colorTable=writeColorTable(classes, workDir / "classes.csv"),
                 init=init,
                 steps=steps,
                 modelSize=modelSize,

@@ -49,6 +49,16 @@ def colorTableFromClasses(
     return colorNode
 
 
+def writeColorTable(classes: Sequence[LabelClass], path: str | Path) -> str:
+    """Write the classes as a Slicer colour table file (``.csv`` keeps names with spaces and the colours)."""
+    scratch = slicer.vtkMRMLScene()
+    storageNode = slicer.vtkMRMLColorTableStorageNode()
+    storageNode.SetFileName(str(path))
+    if not storageNode.WriteData(colorTableFromClasses(classes, scratch, "classes")):
+        raise SceneIOError(f"cannot write the colour table to {path}")
+    return str(path)
+
+
 def classesFromColorTable(colorNode: slicer.vtkMRMLColorTableNode) -> list[LabelClass]:
     """The named entries above 0 of a colour table."""
     classes = []

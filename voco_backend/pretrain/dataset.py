@@ -42,7 +42,8 @@ class CachedVolumes:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         items = [{"image": str(p), "stamp": source_stamp(p)} for p in self.sources]
         # Flat, so that PersistentDataset caches every step (a nested Compose counts as random).
-        transform = Compose([deterministic_transforms(recipe), CastToTyped(keys="image", dtype=torch.float16)]).flatten()
+        steps = [deterministic_transforms(recipe), CastToTyped(keys="image", dtype=torch.float16)]
+        transform = Compose(steps).flatten()
         self._dataset = PersistentDataset(items, transform, cache_dir=self.cache_dir)
 
     def __len__(self) -> int:

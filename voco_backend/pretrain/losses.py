@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 
 EPS = 1e-6
 Negative = Literal["log", "l2"]

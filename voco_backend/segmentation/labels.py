@@ -86,14 +86,20 @@ def parse_classes(specs: Sequence[str]) -> list[SegmentClass]:
 
 
 def read_color_table(path: str | Path) -> list[SegmentClass]:
-    """Read a Slicer colour table (``value name r g b [a]`` per line, ``#`` comments; value 0 is background)."""
+    """Read a Slicer colour table; value 0 is background.
+
+    ``.ctbl``/``.txt``: ``value name r g b [a]`` per line, ``#`` comments. ``.csv`` (what Slicer writes since
+    5.x): columns LabelValue, Name, Color_R/G/B in 0–255; names may hold spaces there.
+    """
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read the colour table ({exc})", file=path) from exc
+    if path.suffix.lower() == ".csv":
+        return _sorted_unique(_csv_classes(text, path), str(path))
     classes = []
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(text.splitlines(), 1):
         parts = line.split()
         if not parts or parts[0].startswith("#"):
             continue
@@ -106,6 +112,24 @@ def read_color_table(path: str | Path) -> list[SegmentClass]:
         if value > 0:
             classes.append(SegmentClass(name, value, (rgb[0], rgb[1], rgb[2])))
     return _sorted_unique(classes, str(path))
+
+
+def _csv_classes(text: str, path: Path) -> list[SegmentClass]:
+    """The classes of a Slicer ``.csv`` colour table."""
+    import csv
+
+    try:
+        rows = list(csv.DictReader(text.splitlines()))
+        classes = [
+            SegmentClass(row["Name"], int(row["LabelValue"]),
+                         (float(row["Color_R"]) / 255, float(row["Color_G"]) / 255, float(row["Color_B"]) / 255))
+            for row in rows
+            if int(row["LabelValue"]) > 0 and row["Name"]
+        ]
+    except (KeyError, ValueError, TypeError) as exc:
+        raise DataError(f"not a Slicer .csv colour table (needs LabelValue, Name, Color_R/G/B: {exc})",
+                        file=path) from exc
+    return classes
 
 
 def read_seg_nrrd_classes(path: str | Path) -> list[SegmentClass]:

@@ -44,6 +44,23 @@ def test_slicer_colour_table_is_read(tmp_path):
     assert classes[1].color == pytest.approx((0.0, 128 / 255, 1.0))
 
 
+def test_slicer_csv_colour_table_keeps_names_with_spaces(tmp_path):
+    table = tmp_path / "classes.csv"
+    table.write_text('"LabelValue","Name","Color_R","Color_G","Color_B","Color_A"\n0,"background",0,0,0,0\n'
+                     '5,"right lung",128,51,26,255\n2,"left lung",26,230,26,255\n')
+    classes = read_color_table(table)
+    assert [(c.name, c.value) for c in classes] == [("left lung", 2), ("right lung", 5)]
+    assert classes[1].color == pytest.approx((128 / 255, 51 / 255, 26 / 255))
+
+
+def test_csv_without_the_slicer_columns_is_one_line_naming_the_file(tmp_path):
+    table = tmp_path / "classes.csv"
+    table.write_text("value,label\n1,tumour\n")
+    with pytest.raises(DataError, match=r"not a Slicer \.csv colour table") as error:
+        read_color_table(table)
+    assert error.value.file == str(table)
+
+
 def test_malformed_colour_table_names_file_and_line(tmp_path):
     table = tmp_path / "bad.txt"
     table.write_text("1 tumour 255 0\n")
