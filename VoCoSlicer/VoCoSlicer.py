@@ -27,7 +27,7 @@ from VoCoSlicerLib.backendRunner import describeProgress
 from VoCoSlicerLib.logic import referenceVolumes
 from VoCoSlicerLib.parameters import DEVICES, MODEL_SIZES
 
-README_URL = "https://github.com/VoCoSlicer/VoCoSlicer/blob/main/docs/SLICER.md"
+README_URL = "https://github.com/VoCoSlicer/VoCoSlicer/blob/main/README.md#the-3d-slicer-module"
 
 
 class VoCoSlicer(ScriptedLoadableModule):

@@ -69,15 +69,12 @@ def _is_oom(exc: BaseException) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the protocol's exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = next((a for a in argv if a in COMMANDS), None)
-    parser = build_parser(command)
-    args = parser.parse_args(argv)
-    values = {k: v for k, v in vars(args).items() if k not in ("command", "_config_file")}
-    module = _load(args.command)
-    reporter = Reporter()
     cancel = CancelToken()
-    with cancel.installed():
-        return _run(module, values, args._config_file, reporter, cancel)
+    with cancel.installed():  # before the heavy imports, so that an early SIGTERM is a clean cancel too
+        command = next((a for a in argv if a in COMMANDS), None)
+        args = build_parser(command).parse_args(argv)
+        values = {k: v for k, v in vars(args).items() if k not in ("command", "_config_file")}
+        return _run(_load(args.command), values, args._config_file, Reporter(), cancel)
 
 
 def _run(module: ModuleType, values: dict, config_file: str | None, reporter: Reporter, cancel: CancelToken) -> int:
