@@ -82,3 +82,11 @@ def shutdown(ctx: DistContext) -> None:
     """Leave the process group."""
     if ctx.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def training_precision(device: torch.device, amp: bool) -> tuple[torch.dtype | None, bool]:
+    """The autocast dtype of a training step and whether the loss needs scaling (fp16); fp32 on a CPU."""
+    if not (amp and device.type == "cuda"):
+        return None, False
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return dtype, dtype == torch.float16

@@ -18,7 +18,15 @@ from voco_backend.config import to_dict
 from voco_backend.cpu_memory import retain_freed_memory
 from voco_backend.data.recipe import Recipe
 from voco_backend.data.sources import resolve_sources
-from voco_backend.distributed import DistContext, any_rank, barrier, gather_objects, init_distributed, shutdown
+from voco_backend.distributed import (
+    DistContext,
+    any_rank,
+    barrier,
+    gather_objects,
+    init_distributed,
+    shutdown,
+    training_precision,
+)
 from voco_backend.errors import Cancelled, UsageError
 from voco_backend.pretrain.checkpoint import LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from voco_backend.pretrain.config import PretrainConfig
@@ -40,10 +48,8 @@ def recipe_of(config: PretrainConfig) -> Recipe:
 
 def _autocast(config: PretrainConfig, device: torch.device) -> tuple[contextlib.AbstractContextManager, bool]:
     """The AMP context of a step and whether the loss needs scaling (fp16)."""
-    if not (config.amp and device.type == "cuda"):
-        return contextlib.nullcontext(), False
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype), dtype == torch.float16
+    dtype, fp16 = training_precision(device, config.amp)
+    return (torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()), fp16
 
 
 def _prepare_data(config: PretrainConfig, ctx: DistContext, reporter: Reporter,

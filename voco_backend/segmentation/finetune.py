@@ -23,6 +23,7 @@ from monai.optimizers import WarmupCosineSchedule
 
 from voco_backend.atomic import save_torch_atomic
 from voco_backend.cancel import CancelToken
+from voco_backend.distributed import training_precision
 from voco_backend.errors import Cancelled, DataError, UsageError
 from voco_backend.pretrain.checkpoint import rng_state, set_rng_state
 from voco_backend.protocol import Reporter
@@ -60,14 +61,6 @@ class Progress:
     losses: list[float] = dataclasses.field(default_factory=list)
     validations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
-
-
-def training_precision(device: torch.device, amp: bool) -> tuple[torch.dtype | None, bool]:
-    """The autocast dtype of a training step and whether the loss needs scaling (fp16); fp32 on a CPU."""
-    if not (amp and device.type == "cuda"):
-        return None, False
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return dtype, dtype == torch.float16
 
 
 def validation_dice(
