@@ -116,8 +116,10 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--child", variant, size, "--steps", str(args.steps),
                    "--cache", args.cache, "--device", args.device, "--data", *args.data]
             done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                sys.exit(f"{variant} {size} failed:\n{done.stderr[-3000:]}")
+            if done.returncode != 0:  # e.g. killed by the kernel's OOM killer (-9): a row, not the end
+                rows.append({"size": size, "variant": variant, "failed": done.returncode})
+                print(f"  {size} {variant} failed (exit {done.returncode}): {done.stderr[-500:]}", file=sys.stderr)
+                continue
             rows.append({"size": size, "variant": variant, **json.loads(done.stdout.strip().splitlines()[-1])})
             print(f"  measured {size} {variant}: {rows[-1]['step_s']:.2f} s/step", file=sys.stderr, flush=True)
     print(f"\nPretraining step on {args.device} ({os.cpu_count()} cores), 64³ crops, {args.steps} timed steps/row\n")
@@ -125,6 +127,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         floor = next(r for r in rows if r["size"] == row["size"] and r["variant"] == "floor")
+        if "failed" in row or "failed" in floor:
+            print(f"| {row['size']} | {row['variant']} | – | failed (exit {row.get('failed')}) | – | – | – | – |")
+            continue
         print(f"| {row['size']} | {row['variant']} | {row['crops']} | {row['step_s']:.2f} | "
               f"{row['crops'] / row['step_s']:.3f} | {row['step_s'] / floor['step_s']:.2f} | "
               f"{row['peak_rss_gb']:.2f} | {row['peak_rss_gb'] / floor['peak_rss_gb']:.2f} |")
