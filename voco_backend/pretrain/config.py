@@ -83,7 +83,7 @@ class PretrainConfig:
         True, help="mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling)"
     )
     cpu_allocator: str = field("default", help="CPU only: 'retain' keeps freed activation memory mapped between "
-                               "steps (faster; pair it with --gradient-checkpointing to hold peak memory)",
+                               "steps (faster for small models, about twice the peak memory)",
                                choices=["default", "retain"])
     threads: int | None = field(None, help="CPU threads for torch (default: torch's choice)")
     region_mode: str | None = field(
