@@ -2,11 +2,15 @@
 
 Rows per model size (64³ crops, TPAMI layout: 1 volume × (2 random + 9 base) crops by default):
 - ``floor``: a bare fwd+bwd+AdamW step of the same encoder+heads on random tensors of the same shape
-  (default allocator, no checkpointing) — the cost of the model itself.
+  (the C library's default allocator, no checkpointing) — the cost of the model itself.
 - ``pretrain``: the real ``pretrain`` step: batch cut from the preprocessing cache of real CT (prefetched),
-  full VoCo loss, optimiser step, EMA teacher.
-- ``pretrain+ckpt``, ``pretrain+retain``, ``pretrain+ckpt+retain``: gradient checkpointing and/or
-  ``--cpu-allocator retain`` (glibc keeps freed activation memory mapped).
+  full VoCo loss, optimiser step, EMA teacher; default allocator, so its ratio is what the pipeline adds.
+- ``pretrain+ckpt``: with gradient checkpointing.
+- ``pretrain+hugepages``, ``pretrain+ckpt+hugepages``: with ``--cpu-allocator hugepages`` (``pretrain``'s
+  default: transparent huge pages for large tensors, so a step faults 512× fewer pages).
+- ``floor+hugepages``: the floor with huge pages — what the allocator alone gives the bare model.
+- ``pretrain+retain`` (on request): ``--cpu-allocator retain`` (glibc keeps freed memory mapped; about twice
+  the peak memory, out of memory at B on 24 GB).
 Each row runs in its own process (allocator settings and peak RSS stay separate); the first step of each is
 a warm-up and not timed. Ratios are against ``floor`` of the same size.
 
@@ -24,23 +28,31 @@ import sys
 import time
 from pathlib import Path
 
+PLAIN = {"cpu_allocator": "default"}
 VARIANTS = {
-    "floor": {},
-    "pretrain": {},
-    "pretrain+ckpt": {"gradient_checkpointing": True},
+    "floor": PLAIN,
+    "pretrain": PLAIN,
+    "pretrain+ckpt": {**PLAIN, "gradient_checkpointing": True},
+    "pretrain+hugepages": {"cpu_allocator": "hugepages"},
+    "pretrain+ckpt+hugepages": {"cpu_allocator": "hugepages", "gradient_checkpointing": True},
     "pretrain+retain": {"cpu_allocator": "retain"},
-    "pretrain+ckpt+retain": {"gradient_checkpointing": True, "cpu_allocator": "retain"},
+    "floor+hugepages": {"cpu_allocator": "hugepages"},
 }
+DEFAULT_VARIANTS = [v for v in VARIANTS if v != "pretrain+retain"]
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def child(variant: str, size: str, steps: int, data: list[str], cache: str, device: str) -> dict:
     """Time ``steps`` steps after one warm-up step; returns seconds per step and peak RSS."""
+    from voco_backend.cpu_memory import use_cpu_allocator
+
+    options = VARIANTS[variant]
+    if device == "cpu":  # before the first large tensor of this process
+        assert use_cpu_allocator(options["cpu_allocator"]), f"{options['cpu_allocator']} unavailable here"
     import torch
     from monai.optimizers import WarmupCosineSchedule
 
     from voco_backend.cancel import CancelToken
-    from voco_backend.cpu_memory import retain_freed_memory
     from voco_backend.data.sources import resolve_sources
     from voco_backend.pretrain.config import PretrainConfig
     from voco_backend.pretrain.dataset import CachedVolumes, CropBatcher, prefetch
@@ -48,12 +60,9 @@ def child(variant: str, size: str, steps: int, data: list[str], cache: str, devi
     from voco_backend.pretrain.loop import _autocast, recipe_of, train_step
     from voco_backend.protocol import Reporter
 
-    options = VARIANTS[variant]
     config = PretrainConfig(data=data, out="unused", model_size=size, steps=steps + 1, volumes_per_step=1,
                             device=device, **options)
     dev = torch.device("cuda" if device == "cuda" else "cpu")
-    if config.cpu_allocator == "retain":
-        assert retain_freed_memory(), "glibc mallopt unavailable"
     grid = config.crop_grid()
     torch.manual_seed(0)
     model = VoCoModel(size, config.head_hidden, config.teacher, config.dropout, config.gradient_checkpointing).to(dev)
@@ -62,7 +71,7 @@ def child(variant: str, size: str, steps: int, data: list[str], cache: str, devi
     crops = config.volumes_per_step * (config.random_crops + grid.num_bases)
     autocast, fp16 = _autocast(config, dev)
     times = []
-    if variant == "floor":
+    if variant.startswith("floor"):
         x = torch.rand(crops, 1, grid.crop, grid.crop, grid.depth, device=dev)
         for _ in range(steps + 1):
             began = time.perf_counter()
@@ -99,7 +108,7 @@ def child(variant: str, size: str, steps: int, data: list[str], cache: str, devi
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=["tiny", "B"])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     parser.add_argument("--steps", type=int, default=2, help="timed steps per row (after one warm-up step)")
     parser.add_argument("--data", nargs="+", default=[str(DEFAULT_DATA / "ibsi_sts" / "STS_002_CT_image.nii.gz"),
                                                       str(DEFAULT_DATA / "slicerio" / "CTChest4.nrrd")])
@@ -123,16 +132,18 @@ def main() -> None:
             rows.append({"size": size, "variant": variant, **json.loads(done.stdout.strip().splitlines()[-1])})
             print(f"  measured {size} {variant}: {rows[-1]['step_s']:.2f} s/step", file=sys.stderr, flush=True)
     print(f"\nPretraining step on {args.device} ({os.cpu_count()} cores), 64³ crops, {args.steps} timed steps/row\n")
-    print("| size | variant | crops/step | s/step | crops/s | ratio vs floor | peak RSS GB | RSS vs floor |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| size | variant | crops/step | s/step | crops/s | ratio vs floor | peak RSS GB | RSS vs floor "
+          "| GPU peak GB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         floor = next(r for r in rows if r["size"] == row["size"] and r["variant"] == "floor")
         if "failed" in row or "failed" in floor:
-            print(f"| {row['size']} | {row['variant']} | – | failed (exit {row.get('failed')}) | – | – | – | – |")
+            print(f"| {row['size']} | {row['variant']} | – | failed (exit {row.get('failed')}) | – | – | – | – | – |")
             continue
+        gpu = "–" if row["gpu_peak_gb"] is None else f"{row['gpu_peak_gb']:.2f}"
         print(f"| {row['size']} | {row['variant']} | {row['crops']} | {row['step_s']:.2f} | "
               f"{row['crops'] / row['step_s']:.3f} | {row['step_s'] / floor['step_s']:.2f} | "
-              f"{row['peak_rss_gb']:.2f} | {row['peak_rss_gb'] / floor['peak_rss_gb']:.2f} |")
+              f"{row['peak_rss_gb']:.2f} | {row['peak_rss_gb'] / floor['peak_rss_gb']:.2f} | {gpu} |")
 
 
 if __name__ == "__main__":

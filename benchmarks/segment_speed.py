@@ -6,9 +6,12 @@ recipe, infer with the same roi and overlap, and write a label map on the input 
   preprocessed space, nearest-neighbour resampling onto the input grid, default allocator — the baseline.
 - ``segment``: ``segment`` with its defaults (gaussian blending, fused attention, ``--precision auto``,
   ``--cpu-allocator retain``, ``--interpolation linear``).
-- ``segment fp32``, ``segment default-alloc``: the same with fp32 / with glibc's default allocator.
-- ``segment nearest``: the same with ``--interpolation nearest`` (resampled like plain, so its Dice against
-  plain isolates what blending, fused attention and mixed precision change).
+- ``segment fp32``, ``segment default-alloc``, ``segment hugepages``: the same with fp32 / with the C library's
+  default allocator / with ``--cpu-allocator hugepages``.
+- ``segment nearest``: the same with ``--interpolation nearest`` (resampled like plain).
+- ``engine as plain``: ``segment``'s engine (fused attention, mixed precision, allocator, blended softmax) with
+  plain's constant blending and nearest resampling: its Dice against plain isolates what the speed-ups change,
+  while the other rows add the deliberate output changes (gaussian blending, linear restoration).
 GPU rows are added when CUDA is available. The ratio is plain's time over the row's; the Dice (mean over the
 classes either output holds) is against plain's output and against ``segment fp32`` (isolates mixed precision).
 
@@ -34,31 +37,39 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-DEFAULTS = {"precision": "auto", "retain": True, "interpolation": "linear"}
+DEFAULTS = {"precision": "auto", "allocator": "retain", "interpolation": "linear"}
 VARIANTS = {
-    "plain": {**DEFAULTS, "precision": "fp32", "retain": False},
+    "plain": {**DEFAULTS, "precision": "fp32", "allocator": "default"},
     "segment": DEFAULTS,
     "segment fp32": {**DEFAULTS, "precision": "fp32"},
-    "segment default-alloc": {**DEFAULTS, "retain": False},
+    "segment default-alloc": {**DEFAULTS, "allocator": "default"},
+    "segment hugepages": {**DEFAULTS, "allocator": "hugepages"},
     "segment nearest": {**DEFAULTS, "interpolation": "nearest"},
+    "engine as plain": {**DEFAULTS, "interpolation": "nearest", "blend": "constant"},
 }
 
 
 def worker(variant: str, model: str, image_path: str, output: str, overlap: float, device_name: str) -> dict:
     """Run one variant end to end (read → write); returns its seconds and peak RSS."""
+    from voco_backend.cpu_memory import use_cpu_allocator
+
+    options = VARIANTS[variant]
+    if device_name == "cpu":  # before the first large tensor of this process
+        use_cpu_allocator(options["allocator"])
     import SimpleITK as sitk
     import torch
     from monai.inferers import sliding_window_inference
 
-    from voco_backend.cpu_memory import retain_freed_memory
     from voco_backend.data.io import from_array, read_image, write_image
-    from voco_backend.segmentation.inference import Segmenter, count_windows
+    from voco_backend.segmentation.inference import (
+        Segmenter,
+        count_windows,
+        restore_to_grid,
+        sliding_window_probabilities,
+    )
     from voco_backend.segmentation.model_folder import resolve_segmentation_model
     from voco_backend.segmentation.preprocess import preprocess
 
-    options = VARIANTS[variant]
-    if options["retain"] and device_name == "cpu":
-        retain_freed_memory()
     device = torch.device(device_name)
     info, weights = resolve_segmentation_model(model)
     segmenter = Segmenter(info, weights, device, options["precision"], flash_attention=variant != "plain")
@@ -87,6 +98,15 @@ def worker(variant: str, model: str, image_path: str, output: str, overlap: floa
             0,
             sitk.sitkUInt8,
         )
+        windows = count_windows(data["image"].shape[1:], info.roi, overlap)
+    elif "blend" in options:
+        data = preprocess(info.recipe, image)
+        probabilities = sliding_window_probabilities(
+            segmenter.model, data["image"], info.roi, overlap=overlap, device=device, dtype=segmenter.dtype,
+            mode=options["blend"],
+        )
+        values = [0] + [c.value for c in info.classes]
+        label = restore_to_grid(probabilities, data["image"].affine.numpy(), image, values, "nearest")
         windows = count_windows(data["image"].shape[1:], info.roi, overlap)
     else:
         counted = []
@@ -143,15 +163,20 @@ def train_model(data: Path, folder: Path, steps: int, spacing: float) -> None:
     )
 
 
-def mean_dice(a_path: str, b_path: str) -> float:
-    """Mean Dice over the non-zero label values either label map holds (same grid)."""
+def class_dice(a_path: str, b_path: str) -> dict[int, float]:
+    """Dice per non-zero label value either label map holds (same grid)."""
     import SimpleITK as sitk
 
     a = sitk.GetArrayFromImage(sitk.ReadImage(a_path))
     b = sitk.GetArrayFromImage(sitk.ReadImage(b_path))
     values = sorted((set(np.unique(a)) | set(np.unique(b))) - {0})
-    dice = [2 * np.sum((a == v) & (b == v)) / (np.sum(a == v) + np.sum(b == v)) for v in values]
-    return float(np.mean(dice)) if dice else 1.0
+    return {int(v): float(2 * np.sum((a == v) & (b == v)) / (np.sum(a == v) + np.sum(b == v))) for v in values}
+
+
+def mean_dice(a_path: str, b_path: str) -> float:
+    """Mean of :func:`class_dice` (1.0 when neither map holds a label)."""
+    dice = class_dice(a_path, b_path)
+    return float(np.mean(list(dice.values()))) if dice else 1.0
 
 
 def main() -> None:
@@ -220,6 +245,12 @@ def main() -> None:
             f"{base['seconds'] / row['seconds']:.2f}x | {row['peak_rss_mb']:.0f} | "
             f"{mean_dice(row['output'], base['output']):.4f} | {vs_fp32} |"
         )
+    print("\nDice vs plain per label value:")
+    for row in rows:
+        base = next(r for r in rows if r["device"] == row["device"] and r["variant"] == "plain")
+        if row is not base:
+            per_class = class_dice(row["output"], base["output"])
+            print(f"- {row['device']} {row['variant']}: " + ", ".join(f"{v}: {d:.4f}" for v, d in per_class.items()))
 
 
 if __name__ == "__main__":

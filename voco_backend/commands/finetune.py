@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from voco_backend.cancel import CancelToken
 from voco_backend.config import check_choice, check_range, field
+from voco_backend.cpu_memory import ALLOCATOR_HELP, CPU_ALLOCATORS
 from voco_backend.errors import UsageError
 from voco_backend.networks import FEATURE_SIZES
 from voco_backend.protocol import Reporter
@@ -71,12 +72,19 @@ class FinetuneConfig:
     resume: bool = field(False, help="continue MODEL_DIR/checkpoint_last.pt")
     amp: bool = field(True, help="mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling)")
     gradient_checkpointing: bool = field(False, help="recompute activations in backward: less memory, slower")
+    mirror_left_right: bool = field(
+        False,
+        help="also flip crops left-right and rotate them in the axial plane (the official recipe); leave off "
+        "when classes are lateral (left/right lung): those augmentations swap them",
+    )
+    cpu_allocator: str = field("hugepages", help=ALLOCATOR_HELP, choices=CPU_ALLOCATORS)
     device: str = field("auto", help="auto, cpu or cuda", choices=DEVICES)
     seed: int = field(0, help="seed of every random choice; same seed, same run")
 
     def __post_init__(self) -> None:
         check_choice("model_size", self.model_size, list(FEATURE_SIZES))
         check_choice("device", self.device, DEVICES)
+        check_choice("cpu_allocator", self.cpu_allocator, CPU_ALLOCATORS)
         if not self.images:
             raise UsageError("field 'images' needs at least one image")
         for images, labels in (("images", "labels"), ("val_images", "val_labels")):
@@ -133,6 +141,7 @@ def run(config: FinetuneConfig, reporter: Reporter, cancel: CancelToken) -> None
     """Read and check the data, initialise the network, train, and report the model folder."""
     import torch
 
+    from voco_backend.cpu_memory import apply_cpu_allocator
     from voco_backend.data.recipe import Recipe
     from voco_backend.distributed import resolve_device
     from voco_backend.networks import build_swinunetr
@@ -142,6 +151,7 @@ def run(config: FinetuneConfig, reporter: Reporter, cancel: CancelToken) -> None
     from voco_backend.segmentation.training_data import build_cases, read_labelled, split_cases
 
     device = resolve_device(config.device)
+    apply_cpu_allocator(config.cpu_allocator, device, reporter)
     folder = Path(config.out)
     if not config.resume and (folder / "checkpoint_last.pt").exists():
         raise UsageError(
@@ -193,6 +203,7 @@ def run(config: FinetuneConfig, reporter: Reporter, cancel: CancelToken) -> None
         checkpoint_every=config.checkpoint_every,
         seed=config.seed,
         amp=config.amp,
+        mirror_left_right=config.mirror_left_right,
     )
     folder.mkdir(parents=True, exist_ok=True)
     tuner = FineTuner(model, info, folder, schedule, device, train_cases, val_cases)

@@ -19,13 +19,13 @@ from pathlib import Path
 
 from voco_backend.cancel import CancelToken
 from voco_backend.config import check_choice, check_range, field
+from voco_backend.cpu_memory import ALLOCATOR_HELP, CPU_ALLOCATORS
 from voco_backend.data.io import has_image_suffix
 from voco_backend.errors import UsageError
 from voco_backend.protocol import Reporter
 from voco_backend.segmentation.inference import INTERPOLATIONS, PRECISIONS
 
 DEVICES = ["auto", "cpu", "cuda"]
-ALLOCATORS = ["retain", "default"]
 
 
 @dataclasses.dataclass
@@ -50,18 +50,15 @@ class SegmentConfig:
         help="onto the input grid: linear (per-class probabilities, smooth) or nearest (argmax labels, cheaper)",
         choices=list(INTERPOLATIONS),
     )
-    cpu_allocator: str = field(
-        "retain",
-        help="CPU only: 'retain' keeps freed memory mapped between windows (faster, measured), or 'default'",
-        choices=ALLOCATORS,
-    )
+    # Measured (benchmarks/segment_speed.py): retain is the fastest for inference, at the default's peak memory.
+    cpu_allocator: str = field("retain", help=ALLOCATOR_HELP, choices=CPU_ALLOCATORS)
     flash_attention: bool = field(True, help="PyTorch fused attention in the Swin blocks (same result, faster)")
 
     def __post_init__(self) -> None:
         check_choice("device", self.device, DEVICES)
         check_choice("precision", self.precision, PRECISIONS)
         check_choice("interpolation", self.interpolation, INTERPOLATIONS)
-        check_choice("cpu_allocator", self.cpu_allocator, ALLOCATORS)
+        check_choice("cpu_allocator", self.cpu_allocator, CPU_ALLOCATORS)
         check_range("overlap", self.overlap, 0.0, 0.95)
         if not has_image_suffix(Path(self.output)):
             raise UsageError(
@@ -76,7 +73,7 @@ def run(config: SegmentConfig, reporter: Reporter, cancel: CancelToken) -> None:
     """Load the model and the CT, segment, write the label map and report it."""
     import time
 
-    from voco_backend.cpu_memory import retain_freed_memory
+    from voco_backend.cpu_memory import apply_cpu_allocator
     from voco_backend.data.io import read_image
     from voco_backend.distributed import resolve_device
     from voco_backend.segmentation.inference import Segmenter
@@ -85,8 +82,7 @@ def run(config: SegmentConfig, reporter: Reporter, cancel: CancelToken) -> None:
 
     started = time.monotonic()
     device = resolve_device(config.device)
-    if config.cpu_allocator == "retain" and device.type == "cpu":
-        retain_freed_memory()
+    apply_cpu_allocator(config.cpu_allocator, device, reporter)
     info, weights = resolve_segmentation_model(config.model)
     if info.init.get("note"):
         reporter.log(f"{info.name}: {info.init['note']}", level="warning")

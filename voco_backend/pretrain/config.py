@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from voco_backend.config import check_choice, check_range, field
+from voco_backend.cpu_memory import ALLOCATOR_HELP, CPU_ALLOCATORS
 from voco_backend.errors import UsageError
 from voco_backend.networks import FEATURE_SIZES
 from voco_backend.pretrain.geometry import CropGrid
@@ -82,9 +83,7 @@ class PretrainConfig:
     amp: bool = field(
         True, help="mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling)"
     )
-    cpu_allocator: str = field("default", help="CPU only: 'retain' keeps freed activation memory mapped between "
-                               "steps (faster for small models, about twice the peak memory)",
-                               choices=["default", "retain"])
+    cpu_allocator: str = field("hugepages", help=ALLOCATOR_HELP, choices=CPU_ALLOCATORS)
     threads: int | None = field(None, help="CPU threads for torch (default: torch's choice)")
     region_mode: str | None = field(
         None, help="crop (tpami) or resize (10k): how the region is cut", choices=["crop", "resize"]
@@ -104,7 +103,7 @@ class PretrainConfig:
         check_choice("region_mode", self.region_mode, ["crop", "resize"])
         check_choice("negative", self.negative, ["log", "l2"])
         check_choice("teacher", self.teacher, ["head", "network"])
-        check_choice("cpu_allocator", self.cpu_allocator, ["default", "retain"])
+        check_choice("cpu_allocator", self.cpu_allocator, CPU_ALLOCATORS)
         if not self.data:
             raise UsageError("field 'data' needs at least one path")
         for name in ("steps", "random_crops", "volumes_per_step", "checkpoint_every", "head_hidden"):

@@ -15,7 +15,7 @@ from voco_backend.atomic import write_text_atomic
 from voco_backend.cache import cache_dir
 from voco_backend.cancel import CancelToken
 from voco_backend.config import to_dict
-from voco_backend.cpu_memory import retain_freed_memory
+from voco_backend.cpu_memory import apply_cpu_allocator
 from voco_backend.data.recipe import Recipe
 from voco_backend.data.sources import resolve_sources
 from voco_backend.distributed import (
@@ -105,8 +105,7 @@ def train(config: PretrainConfig, reporter: Reporter, cancel: CancelToken) -> di
 def _train(config: PretrainConfig, ctx: DistContext, reporter: Reporter, cancel: CancelToken) -> dict:
     if config.threads:
         torch.set_num_threads(config.threads)
-    if config.cpu_allocator == "retain" and ctx.device.type == "cpu" and not retain_freed_memory():
-        reporter.log("--cpu-allocator retain needs glibc; using the default allocator", level="warning")
+    apply_cpu_allocator(config.cpu_allocator, ctx.device, reporter)
     run_dir = Path(config.out)
     _check_run_dir(config, run_dir)
     volumes, valid = _prepare_data(config, ctx, reporter, cancel)

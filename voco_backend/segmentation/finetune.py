@@ -48,6 +48,7 @@ class Schedule:
     checkpoint_every: int
     seed: int
     amp: bool
+    mirror_left_right: bool = False
 
 
 @dataclasses.dataclass
@@ -114,7 +115,7 @@ class FineTuner:
         self.scheduler = WarmupCosineSchedule(self.optimizer, schedule.warmup_steps, schedule.steps)
         self.scaler = torch.amp.GradScaler(device.type, enabled=scaled)
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
-        self.transforms = train_transforms(info.roi, schedule.batch_size)
+        self.transforms = train_transforms(info.roi, schedule.batch_size, schedule.mirror_left_right)
         self.progress = Progress()
 
     @property
@@ -131,6 +132,7 @@ class FineTuner:
             "roi": list(self.info.roi),
             "seed": self.schedule.seed,
             "batch_size": self.schedule.batch_size,
+            "mirror_left_right": self.schedule.mirror_left_right,
         }
 
     def save_last(self) -> None:

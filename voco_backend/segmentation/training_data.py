@@ -96,9 +96,17 @@ def split_cases(cases: list[Case], val_fraction: float, seed: int) -> tuple[list
     return [c for i, c in enumerate(cases) if i not in val], [cases[i] for i in val]
 
 
-def train_transforms(roi: Sequence[int], samples: int) -> Compose:
-    """Positive/negative crops of ``roi`` plus the VoCo augmentations (flips, rot90, intensity scale/shift)."""
+def train_transforms(roi: Sequence[int], samples: int, mirror_left_right: bool = False) -> Compose:
+    """Positive/negative crops of ``roi`` plus the VoCo augmentations (flips, rot90, intensity scale/shift).
+
+    The official recipe flips every axis and rotates in the axial plane; both can turn a left structure into a
+    right one, which teaches a network with lateral classes (left/right lung, kidney) to confuse them. By
+    default flips and rotations therefore keep the left-right (RAS x) axis: flips along y and z, rotations in
+    the y-z plane. ``mirror_left_right`` restores the official set.
+    """
     keys = list(KEYS)
+    flip_axes = (0, 1, 2) if mirror_left_right else (1, 2)
+    rotation_plane = (0, 1) if mirror_left_right else (1, 2)
     return Compose(
         [
             RandCropByPosNegLabeld(
@@ -111,10 +119,8 @@ def train_transforms(roi: Sequence[int], samples: int) -> Compose:
                 image_key="image",
                 image_threshold=0,
             ),
-            RandFlipd(keys=keys, prob=0.2, spatial_axis=0),
-            RandFlipd(keys=keys, prob=0.2, spatial_axis=1),
-            RandFlipd(keys=keys, prob=0.2, spatial_axis=2),
-            RandRotate90d(keys=keys, prob=0.2, max_k=3),
+            *(RandFlipd(keys=keys, prob=0.2, spatial_axis=axis) for axis in flip_axes),
+            RandRotate90d(keys=keys, prob=0.2, max_k=3, spatial_axes=rotation_plane),
             RandScaleIntensityd(keys="image", factors=0.1, prob=0.1),
             RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
         ]
