@@ -69,7 +69,9 @@ def main() -> None:
     print(f"  evaluation           {out / 'evaluation'} (report.json, CSV, PNG overlay)")
     print("\nDice on the chest CT against its manual segments (the case the demo fine-tuned on: a fit, not a")
     print("generalisation figure; the few-shot benchmark measures held-out Dice):")
-    print(json.dumps(report.get("summary", report), indent=2)[:2000])
+    for name, metrics in report["mean"].items():
+        dice = metrics["dice"]
+        print(f"  {name:28s} Dice {'n/a' if dice is None else f'{dice:.2f}'}")
 
 
 if __name__ == "__main__":

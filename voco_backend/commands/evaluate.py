@@ -9,6 +9,8 @@ Examples::
 grid is resampled onto its reference in physical space (nearest neighbour). --out writes REPORT.json, a CSV
 beside it (one row per case and class) and one PNG per case of a few slices (reference outlines green,
 prediction red, over the CT when --images is given). Without --out the figures are only reported.
+Classes: --classes or --color-table, else the segments named in a .seg.nrrd reference (or prediction), else
+every label value found (``label_N``).
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def run(config: EvaluateConfig, reporter: Reporter, cancel: CancelToken) -> None
         summarise,
         write_report,
     )
-    from voco_backend.segmentation.labels import parse_classes, read_color_table
+    from voco_backend.segmentation.labels import is_seg_nrrd, parse_classes, read_color_table, read_seg_nrrd_classes
     from voco_backend.segmentation.overlay import write_overlay
 
     classes = (
@@ -74,6 +76,9 @@ def run(config: EvaluateConfig, reporter: Reporter, cancel: CancelToken) -> None
         else (read_color_table(config.color_table) if config.color_table else None)
     )
     pairs = match_pairs(config.pred, config.ref)
+    if classes is None:  # a Slicer segmentation names its segments: the reference's first, else the prediction's
+        named = [path for _, pred_path, ref_path in pairs[:1] for path in (ref_path, pred_path) if is_seg_nrrd(path)]
+        classes = read_seg_nrrd_classes(named[0]) if named else None
     images = match_images(config.images, [name for name, _, _ in pairs]) if config.images else {}
     out = Path(config.out) if config.out else None
     cases, overlays = {}, []
