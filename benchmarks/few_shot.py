@@ -15,8 +15,16 @@ CPU cost: a step of the tiny network with 2 crops of 64³ is ~5 s on 2 cores, on
 about an hour. A CPU budget shows the trend of the first steps, not converged Dice; the paper's gains are
 measured after thousands of steps of size B on a GPU.
 
-    .venv/bin/python -m voco_backend pretrain --data ../shared/data --out runs/tiny --model-size tiny --steps 200
+The pool's CT images only (the label files beside them are not CT):
+
+    POOL="../shared/data/ibsi_sts/*_image.nii.gz ../shared/data/slicerio/CTChest4.nrrd \\
+          ../shared/data/totalsegmentator/example_ct.nii.gz"
+    .venv/bin/python -m voco_backend pretrain --data $POOL --out runs/tiny --model-size tiny --steps 200
     .venv/bin/python benchmarks/few_shot.py --encoder runs/tiny/encoder.pt
+    # on a GPU (the figures of the closing note of stop 2):
+    python -m voco_backend pretrain --data $POOL --out runs/B --model-size B --steps 700 --device cuda
+    python benchmarks/few_shot.py --encoder runs/B/encoder.pt --model-size B --shots 1 3 5 --seeds 0 1 \\
+        --steps 100 --val-every 20 --device cuda
 """
 
 from __future__ import annotations
