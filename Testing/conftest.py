@@ -37,3 +37,17 @@ def sample_ct() -> dict[str, Path]:
     from voco_backend.data.samples import fetch_sample
 
     return fetch_sample("slicerio")
+
+
+@pytest.fixture(scope="session")
+def sample_segment_names() -> list[str]:
+    """The 7 manual segments of the registry sample's ``Segmentation.seg.nrrd``, in label-value order."""
+    return [
+        "ribs",
+        "cervical vertebral column",
+        "thoracic vertebral column",
+        "lumbar vertebral column",
+        "right lung",
+        "left lung",
+        "tissue",
+    ]

@@ -137,24 +137,11 @@ def test_exporting_a_volume_keeps_voxels_and_geometry(scene, nodeIds, ctVolume, 
 
 
 def test_training_labels_of_the_manual_segments_hold_the_colour_table_values(
-    scene, nodeIds, manualSegmentation, ctVolume, tmp_path
+    scene, nodeIds, manualSegmentation, ctVolume, tmp_path, sample_segment_names
 ) -> None:
     before = nodeIds(scene)
     classes = trainingClasses([manualSegmentation])
-    assert [(c.value, c.name) for c in classes] == list(
-        enumerate(
-            [
-                "ribs",
-                "cervical vertebral column",
-                "thoracic vertebral column",
-                "lumbar vertebral column",
-                "right lung",
-                "left lung",
-                "tissue",
-            ],
-            start=1,
-        )
-    )
+    assert [(c.value, c.name) for c in classes] == list(enumerate(sample_segment_names, start=1))
     array, _ = readLabel(Path(exportTrainingLabels(manualSegmentation, ctVolume, classes, tmp_path / "label.nrrd")))
     assert nodeIds(scene) == before
     assert array.shape == slicer.util.arrayFromVolume(ctVolume).shape
