@@ -4,12 +4,47 @@ from __future__ import annotations
 
 import torch
 from monai.networks.nets import SwinUNETR
+from monai.networks.nets.swin_unetr import PatchMergingV2
 from torch import nn
 
 from voco_backend.errors import UsageError
 
 FEATURE_SIZES: dict[str, int] = {"tiny": 12, "B": 48, "L": 96, "H": 192}
 ENCODER_PREFIXES: tuple[str, ...] = ("swinViT", "encoder1", "encoder2", "encoder3", "encoder4", "encoder10")
+
+MERGE_MONAI13 = "monai1.3"
+MERGE_MONAI15 = "monai1.5"
+MERGE_ORDERS: tuple[str, ...] = (MERGE_MONAI13, MERGE_MONAI15)
+# MONAI 1.3.0's PatchMerging concatenation order of a 2x2x2 block, (D, H, W) offsets of the (B, D, H, W, C)
+# tensor, repeated entries included: the official VoCo/VoComni weights were trained with it (VOCO.md §7).
+MONAI13_OFFSETS: tuple[tuple[int, int, int], ...] = (
+    (0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 0, 1), (0, 1, 0), (0, 0, 1), (1, 1, 1),
+)
+
+
+class PatchMergingMonai13(PatchMergingV2):
+    """MONAI 1.3.0's ``PatchMerging``: the function the official VoCo weights compute.
+
+    MONAI 1.5 changed the voxel order of ``PatchMerging`` (MONAI #8284 / PR #8285); keys and shapes are the
+    same, so only a subclass restoring the old order reproduces the authors' networks.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Merge each 2x2x2 block of (B, D, H, W, C) into (B, D/2, H/2, W/2, 2C)."""
+        if x.dim() != 5:
+            return super().forward(x)
+        d, h, w = x.shape[1:4]
+        if d % 2 or h % 2 or w % 2:
+            x = nn.functional.pad(x, (0, 0, 0, w % 2, 0, h % 2, 0, d % 2))
+        x = torch.cat([x[:, i::2, j::2, k::2, :] for i, j, k in MONAI13_OFFSETS], -1)
+        return self.reduction(self.norm(x))
+
+
+def check_merge_order(merge_order: str) -> str:
+    """``merge_order`` itself, or a one-line error naming the allowed values."""
+    if merge_order not in MERGE_ORDERS:
+        raise UsageError(f"field 'merge_order' must be one of {', '.join(MERGE_ORDERS)}, got {merge_order!r}")
+    return merge_order
 
 
 def feature_size_of(model_size: str) -> int:
@@ -20,10 +55,16 @@ def feature_size_of(model_size: str) -> int:
 
 
 def build_swinunetr(model_size: str, out_channels: int, in_channels: int = 1, *,
-                    gradient_checkpointing: bool = False, flash_attention: bool = False) -> SwinUNETR:
-    """The segmentation network: SwinUNETR-v2 with patch-merging downsampling, as VoCo uses it."""
+                    gradient_checkpointing: bool = False, flash_attention: bool = False,
+                    merge_order: str = MERGE_MONAI13) -> SwinUNETR:
+    """The segmentation network: SwinUNETR-v2 with patch-merging downsampling, as VoCo uses it.
+
+    ``merge_order`` ``monai1.3`` (default) is the network the official weights were trained in; ``monai1.5``
+    is MONAI >= 1.5's own order, which models made by earlier versions of this program were trained in.
+    """
+    downsample = PatchMergingMonai13 if check_merge_order(merge_order) == MERGE_MONAI13 else "merging"
     return SwinUNETR(in_channels=in_channels, out_channels=out_channels, feature_size=feature_size_of(model_size),
-                     use_v2=True, downsample="merging", use_checkpoint=gradient_checkpointing,
+                     use_v2=True, downsample=downsample, use_checkpoint=gradient_checkpointing,
                      use_flash_attention=flash_attention)
 
 
@@ -35,11 +76,13 @@ class SwinEncoder(nn.Module):
     used for SSL).
     """
 
-    def __init__(self, model_size: str, in_channels: int = 1, gradient_checkpointing: bool = False) -> None:
+    def __init__(self, model_size: str, in_channels: int = 1, gradient_checkpointing: bool = False,
+                 merge_order: str = MERGE_MONAI13) -> None:
         super().__init__()
         full = build_swinunetr(model_size, out_channels=1, in_channels=in_channels,
-                               gradient_checkpointing=gradient_checkpointing)
+                               gradient_checkpointing=gradient_checkpointing, merge_order=merge_order)
         self.feature_size = feature_size_of(model_size)
+        self.merge_order = merge_order
         self.normalize = full.normalize
         for name in ENCODER_PREFIXES:
             self.add_module(name, getattr(full, name))
