@@ -49,11 +49,13 @@ class CatalogueEntry:
     feature_size: int
     out_channels: int | None
     parameters: str | None
-    size_mb: float | None
+    bytes: int | None
     recipe: dict[str, Any] | None
     description: str
     license: str | None
     citation: str
+    merge_order: str = "monai1.3"
+    classes: tuple[dict[str, Any], ...] = ()
     note: str = ""
 
     @classmethod
@@ -64,6 +66,7 @@ class CatalogueEntry:
         values = {k: v for k, v in data.items() if k in fields}
         values["checksum"] = None if checksum is None else (checksum["algorithm"], checksum["value"])
         values.setdefault("recipe", None)
+        values["classes"] = tuple(data.get("classes", ()))
         return cls(**values)
 
     @property
@@ -76,6 +79,12 @@ class CatalogueEntry:
     def cached_path(self) -> Path:
         """Where the verified download lies (whether or not it was fetched yet)."""
         return cache_dir() / "models" / self.file
+
+
+def entry_of_file(path: str | Path) -> CatalogueEntry | None:
+    """The catalogue entry whose file ``path`` is (same file name), or None."""
+    name = Path(path).name
+    return next((e for e in load_catalogue() if e.file == name), None)
 
 
 @dataclasses.dataclass(frozen=True)

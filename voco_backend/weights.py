@@ -1,6 +1,7 @@
 """Reading, loading and exporting VoCo weights: the one place of the loading rule (VOCO.md §7).
 
-A checkpoint is read with ``torch.load(weights_only=True)``; the first of the wrappers ``state_dict``,
+A checkpoint is read with ``torch.load(weights_only=True)``, allowing only the numpy scalar globals of the
+official trainers' saves (VoComni's ``best_acc``); the first of the wrappers ``state_dict``,
 ``network_weights``, ``net``, ``student``, ``model`` is unwrapped, leading ``module.``/``backbone.`` are
 stripped and ``swin_vit`` is renamed ``swinViT``. Every tensor of the target whose name exists in the checkpoint
 with the same shape is taken, every other one keeps its fresh initialisation, and a :class:`LoadReport` says
@@ -14,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -65,6 +67,26 @@ def normalize_state(obj: Any, source: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _numpy_scalar_globals() -> list[Any]:
+    """Exactly the numpy globals of a pickled numpy scalar (VoComni's ``best_acc``), numpy 1.x and 2.x names.
+
+    The official VoComni trainer saves ``{"epoch", "best_acc": np.mean(...), "state_dict"}``; its pickle holds
+    ``numpy.core.multiarray.scalar`` (numpy 1.x; ``numpy._core`` in 2.x), ``numpy.dtype`` and, in newer
+    pickles, the dtype's class (``numpy.dtypes.Float64DType``).
+    """
+    core = getattr(np, "_core", None) or np.core
+    scalar = core.multiarray.scalar
+    allowed: list[Any] = [
+        (scalar, "numpy.core.multiarray.scalar"),
+        (scalar, "numpy._core.multiarray.scalar"),
+        np.dtype,
+    ]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        allowed += [type(np.dtype(code)) for code in ("f8", "f4", "i8", "i4", "b1")]
+    return allowed
+
+
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a checkpoint file as a flat ``{name: tensor}`` dict in SwinUNETR-v2 naming.
 
@@ -75,7 +97,8 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise DataError("checkpoint file not found", file=path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except MemoryError:
         raise
     except Exception as exc:  # torch.load raises UnpicklingError/KeyError/EOFError/RuntimeError/... here

@@ -66,8 +66,15 @@ class FinetuneConfig:
     warmup_steps: int | None = field(None, help="linear warm-up steps before the cosine decay (default steps // 10)")
     val_every: int = field(50, help="validate (sliding windows) every N steps and at the end")
     checkpoint_every: int = field(50, help="write checkpoint_last.pt every N steps")
-    spacing: list[float] = field([1.5, 1.5, 1.5], help="resampling spacing in mm (x y z)", nargs=3)
-    window: list[float] = field([-1000.0, 1000.0], help="HU window mapped to [0, 1] (low high)", nargs=2)
+    spacing: list[float] | None = field(
+        None, help="resampling spacing in mm (x y z) (default: the --init encoder's recommended one, else 1.5)", nargs=3
+    )
+    window: list[float] | None = field(
+        None,
+        help="HU window mapped to [0, 1] (low high) (default: the --init encoder's recommended one, e.g. -175 250 "
+        "for the official VoCo encoders, else -1000 1000)",
+        nargs=2,
+    )
     name: str | None = field(None, help="model name in model.json (default: the folder name)")
     resume: bool = field(False, help="continue MODEL_DIR/checkpoint_last.pt")
     amp: bool = field(True, help="mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling)")
@@ -107,13 +114,44 @@ class FinetuneConfig:
         if self.warmup_steps is None:
             self.warmup_steps = self.steps // 10
         check_range("warmup_steps", self.warmup_steps, 0, self.steps)
-        if min(self.spacing) <= 0:
+        if self.spacing is not None and min(self.spacing) <= 0:
             raise UsageError(f"field 'spacing' must be three positive numbers (mm), got {self.spacing}")
-        if self.window[0] >= self.window[1]:
+        if self.window is not None and self.window[0] >= self.window[1]:
             raise UsageError(f"field 'window' must be two numbers low < high (HU), got {self.window}")
 
 
 CONFIG = FinetuneConfig
+DEFAULT_SPACING = (1.5, 1.5, 1.5)
+DEFAULT_WINDOW = (-1000.0, 1000.0)
+
+
+def recipe_from_init(
+    init: str, window: list[float] | None, spacing: list[float] | None
+) -> tuple[tuple[float, float], tuple[float, float, float], str | None]:
+    """The window and spacing of a fine-tuning run, and the log line when they come from ``init``.
+
+    An official encoder (a catalogue entry, by name or by its file) carries the window and spacing it was
+    pretrained with; fine-tuning from it in another window feeds it intensities it never saw. The user's
+    ``--window``/``--spacing`` always win.
+    """
+    from voco_backend.catalogue import entry_of_file, get_entry, load_catalogue
+
+    entry = None
+    if init.lower() != "none":
+        entry = get_entry(init) if init in {e.name for e in load_catalogue()} else entry_of_file(init)
+    recommended = entry.recipe if entry is not None and entry.recipe else {}
+    used = []
+    if window is None and "window" in recommended:
+        window = recommended["window"]
+        used.append(f"window {window[0]:g}…{window[1]:g} HU")
+    if spacing is None and "spacing" in recommended:
+        spacing = recommended["spacing"]
+        used.append("spacing " + "×".join(f"{s:g}" for s in spacing) + " mm")
+    message = f"{', '.join(used)}: recommended for {entry.name} (its pretraining); --window/--spacing override" \
+        if used else None
+    window = tuple(float(w) for w in window) if window is not None else DEFAULT_WINDOW
+    spacing = tuple(float(s) for s in spacing) if spacing is not None else DEFAULT_SPACING
+    return window, spacing, message
 
 
 def _init_encoder(model: nn.Module, init: str, reporter: Reporter) -> dict:
@@ -158,7 +196,10 @@ def run(config: FinetuneConfig, reporter: Reporter, cancel: CancelToken) -> None
             "already holds a fine-tuning run: add --resume to continue it, or choose another --out", file=folder
         )
     roi = (config.roi,) * 3
-    recipe = Recipe(spacing=tuple(config.spacing), window=tuple(config.window), min_size=roi)
+    window, spacing, recommended = recipe_from_init(config.init, config.window, config.spacing)
+    if recommended:
+        reporter.log(recommended)
+    recipe = Recipe(spacing=spacing, window=window, min_size=roi)
     train_pairs = read_labelled(config.images, config.labels, cancel)
     val_pairs = read_labelled(config.val_images, config.val_labels, cancel)
     classes, class_source = class_table(

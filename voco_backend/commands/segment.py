@@ -8,8 +8,7 @@ Examples::
 The image is preprocessed as the model was trained (model.json's recipe), segmented with sliding windows
 (gaussian blending, fused attention, mixed precision per --precision) and the label map is written on the
 input's exact grid (size, spacing, origin and direction of the input). A .seg.nrrd output carries the segment
-names and colours. VoComni_* networks have 20 classes whose names the authors did not publish: they are named
-class_1 … class_20 by label value.
+names and colours. VoComni_* networks carry the 20 class names the authors publish (spleen … lung cancer).
 """
 
 from __future__ import annotations
@@ -84,8 +83,8 @@ def run(config: SegmentConfig, reporter: Reporter, cancel: CancelToken) -> None:
     device = resolve_device(config.device)
     apply_cpu_allocator(config.cpu_allocator, device, reporter)
     info, weights = resolve_segmentation_model(config.model)
-    if info.init.get("note"):
-        reporter.log(f"{info.name}: {info.init['note']}", level="warning")
+    if info.note:
+        reporter.log(f"{info.name}: {info.note}", level="warning")
     segmenter = Segmenter(info, weights, device, config.precision, config.flash_attention)
     reporter.log(f"model {info.name}: {segmenter.report.summary()}")
     image = read_image(config.input)

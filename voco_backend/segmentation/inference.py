@@ -180,7 +180,9 @@ class Segmenter:
         self.info = info
         self.device = device
         self.dtype = resolve_precision(precision, device)
-        self.model = build_swinunetr(info.model_size, info.out_channels, flash_attention=flash_attention)
+        self.model = build_swinunetr(
+            info.model_size, info.out_channels, flash_attention=flash_attention, merge_order=info.merge_order
+        )
         self.report = load_pretrained(self.model, weights, require=("swinViT", "out"))
         if self.report.missing or self.report.shape_mismatch:
             raise DataError(

@@ -18,8 +18,8 @@ from voco_backend import __version__
 from voco_backend.atomic import write_text_atomic
 from voco_backend.data.recipe import Recipe
 from voco_backend.errors import DataError, UsageError
-from voco_backend.networks import FEATURE_SIZES, feature_size_of
-from voco_backend.segmentation.labels import SegmentClass, default_color
+from voco_backend.networks import FEATURE_SIZES, MERGE_MONAI13, MERGE_MONAI15, check_merge_order, feature_size_of
+from voco_backend.segmentation.labels import SegmentClass
 
 MODEL_JSON = "model.json"
 MODEL_PT = "model.pt"
@@ -39,6 +39,9 @@ class ModelInfo:
         roi: the sliding-window size in voxels.
         init: ``source`` of the initial weights and the load ``summary``.
         training: training figures (steps, best Dice, history, cases, timings).
+        merge_order: PatchMerging voxel order of the network (``monai1.3``, the official one; a ``model.json``
+            without the record was made by an earlier version in MONAI 1.5's order, ``monai1.5``).
+        note: a remark for the log (why the order is not the official one), not written to ``model.json``.
     """
 
     name: str
@@ -48,6 +51,8 @@ class ModelInfo:
     roi: tuple[int, int, int]
     init: dict[str, Any] = dataclasses.field(default_factory=dict)
     training: dict[str, Any] = dataclasses.field(default_factory=dict)
+    merge_order: str = MERGE_MONAI13
+    note: str = ""
 
     @property
     def out_channels(self) -> int:
@@ -64,6 +69,7 @@ class ModelInfo:
                 "name": "SwinUNETR",
                 "use_v2": True,
                 "downsample": "merging",
+                "merge_order": self.merge_order,
                 "model_size": self.model_size,
                 "feature_size": feature_size_of(self.model_size),
                 "in_channels": 1,
@@ -96,7 +102,13 @@ class ModelInfo:
                 roi=tuple(int(r) for r in data["roi"]),
                 init=dict(data.get("init", {})),
                 training=dict(data.get("training", {})),
+                merge_order=check_merge_order(str(data["architecture"].get("merge_order", MERGE_MONAI15))),
             )
+            if "merge_order" not in data["architecture"]:
+                info.note = (
+                    f"{Path(source).name} records no merge order: made by an earlier version, so it runs in "
+                    "MONAI 1.5's PatchMerging order it was trained in (not the official VoCo network)"
+                )
             feature_size_of(info.model_size)
         except (AttributeError, KeyError, TypeError, ValueError, UsageError) as exc:
             raise DataError(f"not a valid model description ({type(exc).__name__}: {exc})", file=source) from exc
@@ -128,28 +140,29 @@ def read_model_info(folder: Path) -> ModelInfo:
 def catalogue_model_info(weights: Path) -> ModelInfo:
     """The :class:`ModelInfo` of a downloaded catalogue segmentation network (``VoComni_*``).
 
-    The authors publish no class names: classes are named ``class_1`` … ``class_20`` by label value.
+    Its classes (names, colours, standard codes) and inference recipe are the catalogue's, as the authors
+    publish them.
 
     Raises:
         UsageError: the file is not a catalogue segmentation network (an encoder needs fine-tuning first).
     """
-    from voco_backend.catalogue import load_catalogue
+    from voco_backend.catalogue import entry_of_file
 
-    entry = next((e for e in load_catalogue() if e.file == weights.name), None)
+    entry = entry_of_file(weights)
     if entry is None:
         raise UsageError(
             "a model file must be a catalogue segmentation network; a fine-tuned model is a folder "
             "(model.json + model.pt)",
             file=weights,
         )
-    if entry.kind != "segmentation" or not entry.out_channels or not entry.recipe:
+    if entry.kind != "segmentation" or not entry.out_channels or not entry.classes:
         raise UsageError(
             f"'{entry.name}' is an encoder, not a segmentation network: fine-tune it first "
             f"(finetune --init {entry.name})",
             file=weights,
         )
     size = next(k for k, v in FEATURE_SIZES.items() if v == entry.feature_size)
-    classes = [SegmentClass(f"class_{v}", v, default_color(v - 1)) for v in range(1, entry.out_channels)]
+    classes = [SegmentClass.from_dict(c) for c in entry.classes]
     recipe = Recipe(
         spacing=tuple(entry.recipe["spacing"]),
         window=tuple(entry.recipe["window"]),
@@ -161,11 +174,8 @@ def catalogue_model_info(weights: Path) -> ModelInfo:
         classes=classes,
         recipe=recipe,
         roi=tuple(entry.recipe["roi"]),
-        init={
-            "source": entry.name,
-            "note": f"the authors published no class names: classes are named "
-            f"class_1 … class_{len(classes)} by label value",
-        },
+        init={"source": entry.name, "overlap": entry.recipe["overlap"], "blend": entry.recipe["blend"]},
+        merge_order=entry.merge_order,
     )
 
 

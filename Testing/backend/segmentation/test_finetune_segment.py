@@ -140,28 +140,35 @@ def test_segment_writes_the_label_on_the_inputs_exact_grid(trained, shared_data,
         assert [(s["name"], s["labelValue"]) for s in segments] == [("tumour", 1)]
 
 
-def test_catalogue_segmentation_network_segments_with_numbered_class_names(tmp_path, shared_data):
-    """A VoComni-like catalogue entry (full network, official checkpoint layout) is found, loaded and named."""
+def test_catalogue_segmentation_network_segments_with_vocomni_class_names(tmp_path, shared_data):
+    """A VoComni-like catalogue entry, saved as the official VoComni trainer saves (``best_acc`` a numpy float64),
+    loads with weights_only=True and its published class names reach the result and the .seg.nrrd."""
+    from voco_backend.catalogue import get_entry
+
+    vocomni = get_entry("VoComni_B")
     cache = tmp_path / "cache"
     (cache / "models").mkdir(parents=True)
     torch.manual_seed(0)
     state = {f"module.{k}": v for k, v in build_swinunetr("tiny", 3).state_dict().items()}
-    torch.save({"state_dict": state}, cache / "models" / "Omni_tiny.pt")
+    torch.save({"epoch": 7, "best_acc": np.mean([0.81, 0.84]), "state_dict": state}, cache / "models" / "Omni_tiny.pt")
     entry = {
         "name": "Omni_tiny",
         "kind": "segmentation",
         "file": "Omni_tiny.pt",
         "url": "https://example.org/x.pt",
         "checksum": None,
+        "bytes": None,
         "architecture": "SwinUNETR-v2",
+        "merge_order": "monai1.3",
         "feature_size": 12,
         "out_channels": 3,
         "parameters": None,
-        "size_mb": None,
         "description": "test network",
-        "license": None,
+        "license": "Apache-2.0",
         "citation": "-",
-        "recipe": {"spacing": [4, 4, 4], "window": [-175, 250], "roi": [64, 64, 64]},
+        "recipe": {"spacing": [4, 4, 4], "window": [-175, 250], "roi": [64, 64, 64], "overlap": 0.75,
+                   "blend": "constant"},
+        "classes": [dict(c) for c in vocomni.classes[:2]],
     }
     catalogue = tmp_path / "models.json"
     catalogue.write_text(json.dumps({"version": 1, "models": [entry]}))
@@ -173,8 +180,8 @@ def test_catalogue_segmentation_network_segments_with_numbered_class_names(tmp_p
     )
     assert run.returncode == 0, run.stderr[-3000:]
     segments = slicerio.read_segmentation(str(out), skip_voxels=True)["segments"]
-    assert [(s["name"], s["labelValue"]) for s in segments] == [("class_1", 1), ("class_2", 2)]
-    assert any("published no class names" in e["message"] for e in run.of("log") if e["level"] == "warning")
+    assert [(s["name"], s["labelValue"]) for s in segments] == [("spleen", 1), ("right kidney", 2)]
+    assert [(c["name"], c["value"]) for c in run.of("result")[0]["classes"]] == [("spleen", 1), ("right kidney", 2)]
     assert any(e["message"].startswith("model Omni_tiny: loaded ") for e in run.of("log"))
 
 
