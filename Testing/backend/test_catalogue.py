@@ -15,15 +15,25 @@ from voco_backend.cli import main
 from voco_backend.errors import DataError, UsageError
 
 RESOURCES = Path(__file__).resolve().parents[2] / "voco_backend" / "resources"
-PUBLISHED = {  # VOCO.md §7
-    "VoCo_B_SSL_head": (48, ("md5", "f80c4da2f81d700bdae3df188f2057eb")),
-    "VoCo_L_SSL_head": (96, ("md5", "795095d1d43ef3808ec4c41798310136")),
-    "VoCo_H_SSL_head": (192, ("md5", "76f95a474736b60bf5b8aad94643744d")),
-    "VoCo_10k": (48, ("sha256", "de4160dc52436e2e437a4c0293822e5fd644f4858738aa14995866a2617fedcd")),
-    "VoComni_B": (48, None),
-    "VoComni_L": (96, None),
-    "VoComni_H": (192, None),
+# The authors' host (VOCO.md §7): sha256 (Git LFS) and exact bytes; VoCo_B_SSL_head's size is not published.
+PUBLISHED = {
+    "VoCo_B_SSL_head": (48, "06664b629e73a25aacfaf9e0dd3f2df36f93a9f60f0bf8cf4d8b5cc95cd01298", None),
+    "VoCo_L_SSL_head": (96, "47d3646523d93c42d6ed2ada3fc20735af5e414f940b10b910a38ac8db025aec", 855_586_916),
+    "VoCo_H_SSL_head": (192, "a88216d079191bf7c81319ab468e0f45a0c2e7d3eb46f5964f34a3e1e6a6f4a3", 3_396_694_308),
+    "VoComni_B": (48, "b3b3e2710eb5c8f08f0e0b54eb0791537f70efc95f725b83d8bb0389ab0dc4a6", 298_654_672),
+    "VoComni_L": (96, "03c43e26df671b1036cae55d0fc0e09c1d837b1f1e09928ac62f6fdc2672f63a", 1_169_173_584),
+    "VoComni_H": (192, "6863af6b5a1f05a2650c867418bb25b30dc951ae63153caa317aac14632bb47a", 4_650_986_176),
 }
+# VoComni/VoComni.json of Luffy03/Large-Scale-Medical (VOCO.md §7): output channel i = label i.
+VOCOMNI_CLASSES = [
+    "spleen", "right kidney", "left kidney", "gallbladder", "esophagus", "liver", "stomach", "aorta",
+    "inferior vena cava", "portal and splenic veins", "pancreas", "right adrenal gland", "left adrenal gland",
+    "liver tumour", "pancreas tumour", "kidney tumour", "COVID-19 lesion", "colon", "colon cancer", "lung cancer",
+]
+TERMINOLOGY = (
+    Path(__file__).resolve().parents[2].parent / "shared" / "slicer" / "v5.12.3" / "terminologies"
+    / "SegmentationCategoryTypeModifier-SlicerGeneralAnatomy.json"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -50,17 +60,44 @@ def test_packaged_catalogue_matches_the_published_weights():
     jsonschema.Draft202012Validator.check_schema(json.loads((RESOURCES / "models.schema.json").read_text()))
     entries = {e.name: e for e in catalogue.load_catalogue()}
 
-    assert set(entries) == set(PUBLISHED)
-    for name, (feature_size, checksum) in PUBLISHED.items():
+    assert set(entries) == set(PUBLISHED)  # VoCo_10k is not on the authors' host: removed
+    for name, (feature_size, sha256, size) in PUBLISHED.items():
         entry = entries[name]
-        assert (entry.feature_size, entry.checksum) == (feature_size, checksum)
+        assert (entry.feature_size, entry.checksum, entry.bytes) == (feature_size, ("sha256", sha256), size)
         assert entry.url == f"https://huggingface.co/Luffy503/VoCo/resolve/main/{name}.pt"
         assert entry.file == f"{name}.pt"
+        assert entry.license == "Apache-2.0"
+        assert entry.merge_order == "monai1.3"
         assert entry.kind == ("segmentation" if name.startswith("VoComni") else "encoder")
+        assert entry.recipe["window"] == [-175, 250] and entry.recipe["spacing"] == [1.5, 1.5, 1.5]
     for name in ("VoComni_B", "VoComni_L", "VoComni_H"):
         assert entries[name].out_channels == 21
-        assert entries[name].recipe == {"spacing": [1.5, 1.5, 1.5], "window": [-175, 250], "roi": [96, 96, 96]}
-        assert "no checksum" in entries[name].note
+        assert entries[name].recipe == {
+            "spacing": [1.5, 1.5, 1.5], "window": [-175, 250], "roi": [96, 96, 96], "overlap": 0.75,
+            "blend": "constant",
+        }
+        assert [(c["value"], c["name"]) for c in entries[name].classes] == list(enumerate(VOCOMNI_CLASSES, 1))
+
+
+def test_vocomni_codes_are_slicer_terminology_entries():
+    """Every standard code of a VoComni class is a type (and modifier) that Slicer's own terminology lists."""
+    if not TERMINOLOGY.is_file():
+        pytest.fail(f"Slicer terminology {TERMINOLOGY} is missing (../shared/slicer)")
+    data = json.loads(TERMINOLOGY.read_text())
+    listed = {}
+    for category in data["SegmentationCodes"]["Category"]:
+        for kind in category.get("Type", []):
+            modifiers = {m["CodeValue"]: m["CodeMeaning"] for m in kind.get("Modifier", [])}
+            listed[(category["CodeValue"], kind["CodeValue"])] = (kind["CodeMeaning"], modifiers)
+    coded = [c for c in catalogue.get_entry("VoComni_B").classes if "code" in c]
+    assert len(coded) == 12  # the organs; vessels without a Slicer entry and the lesions carry no code
+    for cls in coded:
+        code = cls["code"]
+        meaning, modifiers = listed[(code["category"][0], code["type"][0])]
+        assert code["type"][2] == meaning and code["type"][1] == "SCT"
+        if "modifier" in code:
+            assert modifiers[code["modifier"][0]] == code["modifier"][2]
+            assert cls["name"].startswith(code["modifier"][2].lower())
 
 
 BREAKAGES = {
@@ -69,6 +106,11 @@ BREAKAGES = {
     "non-http url": lambda m: m[0].update(url="ftp://example.org/x.pt"),
     "unknown kind": lambda m: m[0].update(kind="classifier"),
     "segmentation without recipe": lambda m: m[4].pop("recipe"),
+    "segmentation without classes": lambda m: m[3].pop("classes"),
+    "segmentation recipe without overlap": lambda m: m[3]["recipe"].pop("overlap"),
+    "encoder with classes": lambda m: m[0].update(classes=m[3]["classes"]),
+    "size not a whole number": lambda m: m[1].update(bytes=1.5),
+    "unknown merge order": lambda m: m[1].update(merge_order="monai1.4"),
     "encoder with out_channels": lambda m: m[0].update(out_channels=3),
     "missing citation": lambda m: m[1].pop("citation"),
     "unknown field": lambda m: m[2].update(weights="x"),

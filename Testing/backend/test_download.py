@@ -15,13 +15,14 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from voco_backend.cancel import CancelToken
 from voco_backend.download import CHUNK_BYTES, download, part_path
 from voco_backend.errors import Cancelled, DataError, UsageError
-from voco_backend.networks import SwinEncoder
+from voco_backend.networks import SwinEncoder, build_swinunetr
 from voco_backend.protocol import Reporter
 from voco_backend.weights import ENCODER_KEY_COUNT, load_pretrained
 
@@ -266,16 +267,47 @@ def test_models_fetch_end_to_end(server, payload, tmp_path):
     assert out[0]["models"][0]["available"] is True and out[0]["models"][0]["path"] == str(cached)
 
 
-def test_models_fetch_from_a_mirror_warns_without_checksum(server, payload, tmp_path):
+def _vocomni_style_checkpoint() -> bytes:
+    """A checkpoint written as the official VoComni trainer writes it: ``best_acc`` is a numpy float64."""
+    torch.manual_seed(0)
+    state = {f"module.{k}": v for k, v in build_swinunetr("tiny", 3).state_dict().items()}
+    buffer = io.BytesIO()
+    torch.save({"epoch": 12, "best_acc": np.mean([0.71, 0.8]), "state_dict": state}, buffer)
+    return buffer.getvalue()
+
+
+def test_vocomni_style_checkpoint_through_a_catalogue_entry_loads(server, tmp_path):
     base, state = server
+    vocomni = _vocomni_style_checkpoint()
+    state.files["/omni_tiny.pt"] = vocomni
+    catalogue = json.loads(PACKAGED_CATALOGUE.read_text())
+    packaged = next(m for m in catalogue["models"] if m["name"] == "VoComni_B")
+    entry = dict(packaged, name="Omni_tiny", file="omni_tiny.pt", url=f"{base}/omni_tiny.pt", bytes=None,
+                 checksum={"algorithm": "sha256", "value": hashlib.sha256(vocomni).hexdigest()},
+                 feature_size=12, out_channels=3, classes=packaged["classes"][:2])
+    catalogue["models"] = [entry]
+    (tmp_path / "catalogue.json").write_text(json.dumps(catalogue))
+    env = {"VOCO_CATALOGUE": str(tmp_path / "catalogue.json"), "VOCO_CACHE_DIR": str(tmp_path / "cache")}
+
+    code, out = run_backend("models", "fetch", "Omni_tiny", env=env)
+
+    assert code == 0, out
+    assert out[-1]["verified"] is True
+    cached = tmp_path / "cache" / "models" / "omni_tiny.pt"
+    report = load_pretrained(build_swinunetr("tiny", 3), cached, require=("swinViT", "out"))
+    assert len(report.loaded) == 167 and not report.missing
+    code, out = run_backend("models", "list", "--json", env=env)
+    assert code == 0
+    assert [c["name"] for c in out[0]["models"][0]["classes"]] == ["spleen", "right kidney"]
+
+
+def test_packaged_vocomni_from_a_mirror_is_verified_by_sha256(server, payload, tmp_path):
+    """The mirror serves another file under VoComni_B's name: the authors' sha256 refuses it."""
+    base, _ = server
     env = {"VOCO_MODEL_BASE_URL": base + "/", "VOCO_CACHE_DIR": str(tmp_path)}
 
     code, out = run_backend("models", "fetch", "VoComni_B", env=env)
 
-    assert code == 0, out
-    assert (tmp_path / "models" / "VoComni_B.pt").read_bytes() == payload
-    assert any(e["event"] == "log" and e["level"] == "warning" for e in out)
-    assert out[-1]["verified"] is False
-    code, out = run_backend("models", "fetch", "VoComni_B", env=env)
-    assert code == 0 and out[-1]["downloaded"] is False
-    assert len(state.range_headers) == 1
+    assert code == 3, out
+    assert "sha256 checksum mismatch for VoComni_B.pt" in out[-1]["message"]
+    assert not (tmp_path / "models" / "VoComni_B.pt").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from monai.networks.nets import SwinUNETR
 from torch import nn
 
 from voco_backend.errors import DataError, UsageError
-from voco_backend.networks import ENCODER_PREFIXES, SwinEncoder
+from voco_backend.networks import ENCODER_PREFIXES, SwinEncoder, build_swinunetr
 from voco_backend.weights import ENCODER_KEY_COUNT, export_encoder, load_pretrained, read_checkpoint
 
 
@@ -199,3 +200,48 @@ def test_checkpoint_path_may_be_a_string(official, tmp_path: Path):
     torch.save(official, path)
     report = load_pretrained(SwinEncoder("tiny"), str(path))
     assert report.source == str(path) and len(report.loaded) == ENCODER_KEY_COUNT
+
+
+def _save_as_the_vocomni_trainer(path: Path, state: dict) -> Path:
+    """``torch.save`` of the official VoComni trainer's dict: ``best_acc`` is ``np.mean`` of Dice scores."""
+    import numpy as np
+
+    torch.save({"epoch": 5, "best_acc": np.mean([0.62, 0.7, 0.91]), "state_dict": state}, path)
+    return path
+
+
+def test_vocomni_style_checkpoint_loads_weights_only(tmp_path):
+    torch.manual_seed(0)
+    net = build_swinunetr("tiny", 3)
+    path = _save_as_the_vocomni_trainer(tmp_path / "VoComni_tiny.pt", {f"module.{k}": v for k, v in
+                                                                        net.state_dict().items()})
+    state = read_checkpoint(path)
+    assert len(state) == 167
+    assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
+
+
+def test_vocomni_style_checkpoint_loads_through_finetune_init(tmp_path):
+    from voco_backend.commands.finetune import _init_encoder
+    from voco_backend.protocol import Reporter
+
+    torch.manual_seed(0)
+    source = build_swinunetr("tiny", 3)
+    path = _save_as_the_vocomni_trainer(tmp_path / "omni.pt", source.state_dict())
+    target = build_swinunetr("tiny", 2)  # another class count: `out` stays fresh
+    init = _init_encoder(target, str(path), Reporter(stdout=io.StringIO(), stderr=io.StringIO()))
+    assert init["summary"].startswith("loaded 165/167 tensors (145 encoder)")
+    assert torch.equal(target.swinViT.patch_embed.proj.weight, source.swinViT.patch_embed.proj.weight)
+
+
+def test_a_pickle_with_any_other_global_is_refused(tmp_path):
+    import datetime
+
+    import numpy as np
+
+    for i, extra in enumerate((np.array([0.5]), datetime.date(2024, 1, 1), argparse.Namespace(lr=1))):
+        path = tmp_path / f"other{i}.pt"
+        torch.save({"best_acc": np.float64(0.5), "extra": extra, "state_dict": SwinEncoder("tiny").state_dict()},
+                   path)
+        with pytest.raises(DataError, match="not a weights-only PyTorch checkpoint") as info:
+            read_checkpoint(path)
+        assert "\n" not in str(info.value) and info.value.file == str(path)
