@@ -7,7 +7,7 @@ import dataclasses
 from voco_backend.config import check_choice, check_range, field
 from voco_backend.cpu_memory import ALLOCATOR_HELP, CPU_ALLOCATORS
 from voco_backend.errors import UsageError
-from voco_backend.networks import FEATURE_SIZES
+from voco_backend.networks import FEATURE_SIZES, MERGE_MONAI13, MERGE_ORDERS
 from voco_backend.pretrain.geometry import CropGrid
 
 # Recipe defaults (shared/VOCO.md §2–§4): region side, depth, grid, crop resize, head width, negative term.
@@ -21,6 +21,9 @@ RECIPES: dict[str, dict] = {
         "negative": "log",
         "teacher": "head",
         "region_mode": "crop",
+        "dropout": 0.2,
+        "inter": True,
+        "symmetric": False,
     },
     "10k": {
         "region_xy": 384,
@@ -31,6 +34,11 @@ RECIPES: dict[str, dict] = {
         "negative": "l2",
         "teacher": "network",
         "region_mode": "resize",
+        # Luffy03/VoCo (CVPR) where it differs from TPAMI (VOCO.md §6b): no dropout, no inter-volume loss,
+        # symmetric logits.
+        "dropout": 0.0,
+        "inter": False,
+        "symmetric": True,
     },
 }
 
@@ -73,7 +81,19 @@ class PretrainConfig:
     warmup_steps: int | None = field(None, help="linear warm-up steps (default min(5000, steps // 10))")
     head_hidden: int | None = field(None, help="projection head width (recipe default: 1024 tpami, 2048 10k)")
     ema_momentum: float = field(0.9, help="teacher EMA momentum: teacher = m·teacher + (1−m)·student")
-    dropout: float = field(0.2, help="Dropout1d probability on the student's crop embeddings")
+    dropout: float | None = field(
+        None, help="Dropout1d probability on the student's crop embeddings (recipe default: 0.2 tpami, 0 10k)"
+    )
+    inter: bool | None = field(None, help="add the inter-volume loss (recipe default: on tpami, off 10k)")
+    symmetric: bool | None = field(
+        None, help="symmetric student/teacher overlap logits (recipe default: off tpami, on 10k)"
+    )
+    merge_order: str = field(
+        MERGE_MONAI13,
+        help="PatchMerging order: monai1.3 (the official VoCo network) or monai1.5 (runs made before it was "
+        "recorded)",
+        choices=list(MERGE_ORDERS),
+    )
     spacing: list[float] = field([1.5, 1.5, 1.5], help="resampling spacing in mm (x y z)")
     window: list[float] = field([-1000.0, 1000.0], help="HU window mapped to [0, 1] (low high)")
     cache_dir: str | None = field(None, help="preprocessing cache (default $VOCO_CACHE_DIR/preprocessed)")
@@ -104,6 +124,7 @@ class PretrainConfig:
         check_choice("negative", self.negative, ["log", "l2"])
         check_choice("teacher", self.teacher, ["head", "network"])
         check_choice("cpu_allocator", self.cpu_allocator, CPU_ALLOCATORS)
+        check_choice("merge_order", self.merge_order, list(MERGE_ORDERS))
         if not self.data:
             raise UsageError("field 'data' needs at least one path")
         for name in ("steps", "random_crops", "volumes_per_step", "checkpoint_every", "head_hidden"):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Literal
 
 import torch
 from torch import nn
 
 from voco_backend.config import check_choice, check_range
-from voco_backend.networks import SwinEncoder
+from voco_backend.networks import MERGE_MONAI13, SwinEncoder
 
 Teacher = Literal["head", "network"]
 
@@ -43,6 +42,7 @@ class VoCoModel(nn.Module):
         teacher: ``"head"`` (TPAMI: EMA head on the shared encoder) or ``"network"`` (10k: EMA encoder too).
         dropout: probability of zeroing a whole crop embedding before the student head.
         gradient_checkpointing: trade compute for memory in the Swin encoder.
+        merge_order: PatchMerging order of the encoders (``monai1.3``: the official VoCo network).
     """
 
     def __init__(
@@ -52,17 +52,20 @@ class VoCoModel(nn.Module):
         teacher: Teacher = "head",
         dropout: float = 0.2,
         gradient_checkpointing: bool = False,
+        merge_order: str = MERGE_MONAI13,
     ) -> None:
         super().__init__()
         check_choice("teacher", teacher, ("head", "network"))
         check_range("dropout", dropout, 0.0, 1.0)
-        self.encoder = SwinEncoder(model_size, gradient_checkpointing=gradient_checkpointing)
+        self.encoder = SwinEncoder(model_size, gradient_checkpointing=gradient_checkpointing,
+                                   merge_order=merge_order)
         dim = self.encoder.embedding_dim
         self.dropout = nn.Dropout1d(dropout)
         self.student_head = ProjectionHead(dim, hidden)
         self.teacher_head = ProjectionHead(dim, hidden).requires_grad_(False)
+        # The 10k (CVPR) code builds its teacher network separately: initialised independently, not copied.
         self.teacher_encoder = (
-            copy.deepcopy(self.encoder).requires_grad_(False) if teacher == "network" else None
+            SwinEncoder(model_size, merge_order=merge_order).requires_grad_(False) if teacher == "network" else None
         )
 
     def forward(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

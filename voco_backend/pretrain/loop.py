@@ -28,6 +28,7 @@ from voco_backend.distributed import (
     training_precision,
 )
 from voco_backend.errors import Cancelled, UsageError
+from voco_backend.networks import MERGE_MONAI15
 from voco_backend.pretrain.checkpoint import LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from voco_backend.pretrain.config import PretrainConfig
 from voco_backend.pretrain.dataset import Batch, CachedVolumes, CropBatcher, prefetch, require_volumes
@@ -44,6 +45,17 @@ def recipe_of(config: PretrainConfig) -> Recipe:
     if config.region_mode == "resize":
         min_size = (32, 32, 16)
     return Recipe(spacing=tuple(config.spacing), window=tuple(config.window), min_size=min_size)
+
+
+def init_fresh_parts(config: PretrainConfig) -> str:
+    """The log line of ``--init``: which parts start fresh. A VoCo file holds the backbone only (the released
+    SSL files hold no projection heads), so a run from it is a new run, not a resumption of the authors'."""
+    fresh = "the student and teacher projection heads"
+    if config.teacher == "network":
+        fresh += " and the teacher encoder (initialised independently, as the 10k code does)"
+    return (f"--init {config.init}: the student encoder starts from it; {fresh} start fresh; step, optimiser "
+            "and schedule start at 0. This is a new run from those weights, not a resumption of the run that "
+            "made them")
 
 
 def _autocast(config: PretrainConfig, device: torch.device) -> tuple[contextlib.AbstractContextManager, bool]:
@@ -81,7 +93,8 @@ def train_step(net: torch.nn.Module, model: VoCoModel, batch: Batch, optimizer: 
     with autocast:
         student, teacher = net(batch.crops.to(next(model.parameters()).device, non_blocking=True))
     losses = voco_loss(student, teacher, batch.targets, len(batch.indices), config.random_crops,
-                       batch.targets.shape[-1], negative=config.negative)
+                       batch.targets.shape[-1], negative=config.negative, inter=config.inter,
+                       symmetric=config.symmetric)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(losses["total"]).backward()
     scaler.step(optimizer)
@@ -111,23 +124,30 @@ def _train(config: PretrainConfig, ctx: DistContext, reporter: Reporter, cancel:
     volumes, valid = _prepare_data(config, ctx, reporter, cancel)
     run_dir.mkdir(parents=True, exist_ok=True)
     grid = config.crop_grid()
+    resumed = load_checkpoint(run_dir / LAST) if config.resume else None
+    if resumed is not None and "merge_order" not in resumed.get("config", {}):
+        config.merge_order = MERGE_MONAI15
+        reporter.log(f"{run_dir / LAST} records no merge order: made by an earlier version, so the run continues "
+                     "in MONAI 1.5's PatchMerging order it was trained in (not the official VoCo network)",
+                     level="warning")
+    elif resumed is not None:
+        config.merge_order = resumed["config"]["merge_order"]
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     model = VoCoModel(config.model_size, config.head_hidden, config.teacher, config.dropout,
-                      config.gradient_checkpointing)
+                      config.gradient_checkpointing, config.merge_order)
     init_summary = None
     if config.init:
         init_summary = load_pretrained(model.encoder, config.init).summary()
         reporter.log(init_summary)
-        if config.teacher == "network":
-            model.teacher_encoder.load_state_dict(model.encoder.state_dict())
+        reporter.log(init_fresh_parts(config))
     model.to(ctx.device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
                                   weight_decay=config.weight_decay, amsgrad=True)
     scheduler = WarmupCosineSchedule(optimizer, warmup_steps=config.warmup_steps, t_total=config.steps)
     start, history = 0, []
     torch.manual_seed(config.seed * 1000 + ctx.rank)  # dropout differs across ranks
-    if config.resume:
-        state = load_checkpoint(run_dir / LAST)
+    if resumed is not None:
+        state = resumed
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -188,4 +208,5 @@ def _train(config: PretrainConfig, ctx: DistContext, reporter: Reporter, cancel:
             log.close()
     return {"run_dir": str(run_dir), "encoder": str(run_dir / "encoder.pt"), "checkpoint": str(run_dir / LAST),
             "steps": step, "final_loss": log.history[-1]["loss"] if log and log.history else None,
-            "volumes": len(valid), "init": init_summary, "loss_png": str(run_dir / "loss.png")}
+            "volumes": len(valid), "init": init_summary, "merge_order": config.merge_order,
+            "loss_png": str(run_dir / "loss.png")}

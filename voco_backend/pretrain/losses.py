@@ -55,6 +55,7 @@ def voco_loss(
     num_bases: int,
     negative: Negative = "log",
     inter: bool = True,
+    symmetric: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Total VoCo loss of one forward batch and its parts (computed in float32).
 
@@ -67,7 +68,9 @@ def voco_loss(
         sw: random crops per volume.
         num_bases: K = n².
         negative: loss on zero-target entries, see :func:`position_loss`.
-        inter: add the inter-volume loss (TPAMI); skipped when V == 1.
+        inter: add the inter-volume loss (TPAMI); skipped when V == 1. The 10k (CVPR) code has none.
+        symmetric: the 10k (CVPR) code's prediction mean(L(student crops, teacher bases), L(teacher crops,
+            student bases)) instead of TPAMI's L(student crops, teacher bases).
 
     Returns:
         ``total`` = mean(intra) + mean(inter) + mean(reg), and the three means ``intra``, ``inter``, ``reg``.
@@ -77,9 +80,13 @@ def voco_loss(
     t_crops, t_bases = _split(teacher.float(), num_volumes, sw)
     targets = targets.to(device=student.device, dtype=torch.float32)
     volumes = range(num_volumes)
-    intra = _mean(
-        [position_loss(targets[i], overlap_logits(s_crops[i], t_bases[i]), negative) for i in volumes]
-    )
+    def predicted(i: int) -> torch.Tensor:
+        student_view = overlap_logits(s_crops[i], t_bases[i])
+        if not symmetric:
+            return student_view
+        return (student_view + overlap_logits(t_crops[i], s_bases[i])) / 2
+
+    intra = _mean([position_loss(targets[i], predicted(i), negative) for i in volumes])
     reg = _mean([regulariser(s_bases[i]) for i in volumes])
     inter_loss = intra.new_zeros(())
     if inter and num_volumes > 1:

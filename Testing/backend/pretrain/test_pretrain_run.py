@@ -148,3 +148,33 @@ def test_two_process_gloo_ddp_run_completes(tmp_path, ct, cache):
     assert sorted(step_losses(evts)) == [1, 2]
     assert load_checkpoint(run_dir / "checkpoint_last.pt")["step"] == 2
     assert len(torch.load(run_dir / "encoder.pt", weights_only=True)) == 145
+
+
+def test_init_from_an_official_ssl_file_says_what_starts_fresh(full_run, tmp_path, ct, cache):
+    """The released SSL files are a bare flat 145-tensor encoder: heads and teacher start fresh, no resume claim."""
+    official = tmp_path / "VoCo_tiny_SSL_head.pt"
+    torch.save(torch.load(full_run[0] / "encoder.pt", map_location="cpu", weights_only=True), official)
+    run_dir = tmp_path / "run"
+    code, evts = pretrain("--data", ct, "--out", str(run_dir), "--steps", "1", "--cache-dir", cache,
+                          "--init", str(official))
+    assert code == 0, evts[-1]
+    logs = [e["message"] for e in evts if e["event"] == "log"]
+    assert any(m.startswith("loaded 145/145 tensors (145 encoder)") for m in logs)
+    fresh = next(m for m in logs if m.startswith(f"--init {official}"))
+    assert "projection heads" in fresh and "start fresh" in fresh and "not a resumption" in fresh
+    assert not any(m.startswith("resumed") for m in logs)
+    assert evts[-1]["merge_order"] == "monai1.3"
+    assert "merge_order: monai1.3" in (run_dir / "config.yaml").read_text()
+
+
+def test_a_run_made_before_the_merge_order_record_resumes_in_its_own_order(full_run, tmp_path, ct, cache):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    state = load_checkpoint(full_run[0] / "checkpoint_step2.pt")
+    state["config"].pop("merge_order")
+    torch.save(state, run_dir / "checkpoint_last.pt")
+    code, evts = pretrain("--data", ct, "--out", str(run_dir), "--steps", "3", "--cache-dir", cache, "--resume")
+    assert code == 0, evts[-1]
+    warnings = [e["message"] for e in evts if e["event"] == "log" and e["level"] == "warning"]
+    assert sum("records no merge order" in m and "MONAI 1.5" in m for m in warnings) == 1
+    assert evts[-1]["merge_order"] == "monai1.5"

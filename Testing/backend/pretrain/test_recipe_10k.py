@@ -1,0 +1,88 @@
+"""``--recipe 10k`` is the CVPR code (Luffy03/VoCo), item by item (VOCO.md §6b).
+
+Expected numbers come from the official equations written out here with plain tensor arithmetic (no call into
+the loss module): symmetric logits L = (ReLU(cos(s_a, t_k)) + ReLU(cos(t_a, s_k))) / 2, position loss
+pos = Σ Y·(−log(1 − |Y − L| + ε)) / (ΣY + ε), neg = mean over Y = 0 of L², no inter-volume loss, and the
+regulariser 2/(K(K−1)) Σ_{i<j} ReLU(cos(q_i, sg(q_j)))².
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from voco_backend.pretrain.config import PretrainConfig
+from voco_backend.pretrain.heads import VoCoModel
+from voco_backend.pretrain.losses import voco_loss
+
+EPS = 1e-6
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a * b).sum() / (a.norm() * b.norm())
+
+
+def _official_10k_total(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, v: int, sw: int, k: int) -> torch.Tensor:
+    """The CVPR total loss, entry by entry, for a volume-major batch (crops of all volumes, then bases)."""
+    intra, reg = [], []
+    for i in range(v):
+        s_crops, t_crops = s[i * sw:(i + 1) * sw], t[i * sw:(i + 1) * sw]
+        s_bases, t_bases = s[v * sw + i * k:v * sw + (i + 1) * k], t[v * sw + i * k:v * sw + (i + 1) * k]
+        logits = torch.stack([
+            torch.stack([(torch.relu(_cos(s_crops[a], t_bases[b])) + torch.relu(_cos(t_crops[a], s_bases[b]))) / 2
+                         for b in range(k)]) for a in range(sw)])
+        targets = y[i]
+        pos = (targets * -torch.log(1 - (targets - logits).abs() + EPS)).sum() / (targets.sum() + EPS)
+        zero = [logits[a, b] ** 2 for a in range(sw) for b in range(k) if targets[a, b] == 0]
+        intra.append(pos + torch.stack(zero).mean())
+        pairs = [torch.relu(_cos(s_bases[p], s_bases[q].detach())) ** 2 for p in range(k) for q in range(p + 1, k)]
+        reg.append(torch.stack(pairs).sum() * 2 / (k * (k - 1)))
+    return torch.stack(intra).mean() + torch.stack(reg).mean()
+
+
+def _batch(v: int = 2, sw: int = 2, k: int = 4, d: int = 8):
+    gen = torch.Generator().manual_seed(3)
+    s = torch.randn(v * (sw + k), d, generator=gen, dtype=torch.float64).requires_grad_(True)
+    t = torch.randn(v * (sw + k), d, generator=gen, dtype=torch.float64)
+    y = torch.rand(v, sw, k, generator=gen, dtype=torch.float64)
+    y[y < 0.4] = 0.0  # some zero-overlap entries: the L² negatives
+    return s, t, y
+
+
+def test_10k_loss_value_and_gradients_equal_the_official_formula():
+    config = PretrainConfig(data=["x"], out="r", recipe="10k")
+    s, t, y = _batch()
+    ours = voco_loss(s.float(), t.float(), y.float(), 2, 2, 4, negative=config.negative, inter=config.inter,
+                     symmetric=config.symmetric)
+    (ours_grad,) = torch.autograd.grad(ours["total"], s)
+    expected = _official_10k_total(s, t, y, 2, 2, 4)
+    (expected_grad,) = torch.autograd.grad(expected, s)
+    assert math.isclose(ours["total"].item(), expected.item(), rel_tol=1e-5)
+    assert ours["inter"].item() == 0.0  # no inter-volume loss in the CVPR code
+    torch.testing.assert_close(ours_grad.double(), expected_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_symmetric_logits_differ_from_tpami_student_view():
+    s, t, y = _batch()
+    sym = voco_loss(s.float(), t.float(), y.float(), 2, 2, 4, negative="l2", inter=False, symmetric=True)
+    one_sided = voco_loss(s.float(), t.float(), y.float(), 2, 2, 4, negative="l2", inter=False)
+    assert abs(sym["intra"].item() - one_sided["intra"].item()) > 1e-3
+
+
+def test_10k_recipe_defaults_and_tpami_unchanged():
+    ten_k = PretrainConfig(data=["x"], out="r", recipe="10k")
+    assert (ten_k.dropout, ten_k.inter, ten_k.symmetric, ten_k.negative, ten_k.teacher) == (0.0, False, True, "l2",
+                                                                                             "network")
+    tpami = PretrainConfig(data=["x"], out="r")
+    assert (tpami.dropout, tpami.inter, tpami.symmetric) == (0.2, True, False)
+    assert PretrainConfig(data=["x"], out="r", recipe="10k", dropout=0.1).dropout == 0.1  # the user's flag wins
+
+
+def test_10k_teacher_network_is_initialised_independently():
+    torch.manual_seed(0)
+    model = VoCoModel("tiny", hidden=16, teacher="network", dropout=0.0)
+    student = model.encoder.state_dict()
+    teacher = model.teacher_encoder.state_dict()
+    weights = [k for k in student if k.endswith("weight") and student[k].ndim > 1]
+    assert weights and all(not torch.equal(student[k], teacher[k]) for k in weights)
