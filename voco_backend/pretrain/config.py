@@ -22,6 +22,7 @@ RECIPES: dict[str, dict] = {
         "teacher": "head",
         "region_mode": "crop",
         "dropout": 0.2,
+        "shift_prob": 0.5,
         "inter": True,
         "symmetric": False,
     },
@@ -35,8 +36,9 @@ RECIPES: dict[str, dict] = {
         "teacher": "network",
         "region_mode": "resize",
         # Luffy03/VoCo (CVPR) where it differs from TPAMI (VOCO.md §6b): no dropout, no inter-volume loss,
-        # symmetric logits.
+        # symmetric logits, intensity shift p 0.1.
         "dropout": 0.0,
+        "shift_prob": 0.1,
         "inter": False,
         "symmetric": True,
     },
@@ -83,6 +85,9 @@ class PretrainConfig:
     ema_momentum: float = field(0.9, help="teacher EMA momentum: teacher = m·teacher + (1−m)·student")
     dropout: float | None = field(
         None, help="Dropout1d probability on the student's crop embeddings (recipe default: 0.2 tpami, 0 10k)"
+    )
+    shift_prob: float | None = field(
+        None, help="probability of the ±0.1 intensity shift per crop (recipe default: 0.5 tpami, 0.1 10k)"
     )
     inter: bool | None = field(None, help="add the inter-volume loss (recipe default: on tpami, off 10k)")
     symmetric: bool | None = field(
@@ -134,6 +139,7 @@ class PretrainConfig:
         check_range("weight_decay", self.weight_decay, low=0.0)
         check_range("ema_momentum", self.ema_momentum, 0.0, 1.0)
         check_range("dropout", self.dropout, 0.0, 0.99)
+        check_range("shift_prob", self.shift_prob, 0.0, 1.0)
         if self.threads is not None:
             check_range("threads", self.threads, low=1)
         if self.warmup_steps is None:

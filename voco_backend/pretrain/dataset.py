@@ -112,8 +112,10 @@ class CropBatcher:
         seed: int,
         rank: int = 0,
         world: int = 1,
+        shift_prob: float = 0.5,
     ) -> None:
         self.volumes = volumes
+        self.shift_prob = shift_prob
         self.valid = list(valid)
         self.grid = grid
         self.random_crops = random_crops
@@ -124,10 +126,11 @@ class CropBatcher:
         self.world = world
 
     def region(self, volume: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        """A (1, R, R, D) region: a random crop of the (padded) volume, or the whole volume resized (10k)."""
+        """A (1, R, R, D) region: a random crop of the (padded) volume, or the whole volume resized (10k code:
+        trilinear, ``align_corners=True``)."""
         size = (self.grid.region_xy, self.grid.region_xy, self.grid.depth)
         if self.region_mode == "resize":
-            return F.interpolate(volume[None], size=size, mode="trilinear", align_corners=False)[0]
+            return F.interpolate(volume[None], size=size, mode="trilinear", align_corners=True)[0]
         pad = [max(0, s - v) for s, v in zip(size, volume.shape[1:], strict=True)]
         if any(pad):
             volume = F.pad(volume, [p for side in reversed(pad) for p in (side // 2, side - side // 2)])
@@ -152,7 +155,7 @@ class CropBatcher:
             randoms.append(crops_r)
             bases.append(crops_b)
             targets.append(torch.as_tensor(overlap_targets(self.grid, centres)))
-        augment = CropAugment(seed=int(rng.integers(2**31 - 1)))
+        augment = CropAugment(seed=int(rng.integers(2**31 - 1)), shift_prob=self.shift_prob)
         crops = augment(torch.cat(randoms + bases))
         return Batch(crops=crops.contiguous(), targets=torch.stack(targets), indices=indices)
 

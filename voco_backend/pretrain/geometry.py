@@ -121,7 +121,7 @@ def extract_crops(
 
     Returns:
         Random crops (count, C, c, c, D) and base crops (n², C, c, c, D); with ``crop_resize`` set, every crop
-        is resized (trilinear) to a ``crop_resize`` cube.
+        is resized (trilinear, ``align_corners=True`` as the 10k code resizes) to a ``crop_resize`` cube.
     """
     expected = (grid.region_xy, grid.region_xy, grid.depth)
     if region.ndim != 4 or tuple(region.shape[1:]) != expected:
@@ -134,6 +134,6 @@ def extract_crops(
         return randoms, bases
     size = (grid.crop_resize,) * 3
     return (
-        F.interpolate(randoms, size=size, mode="trilinear", align_corners=False),
-        F.interpolate(bases, size=size, mode="trilinear", align_corners=False),
+        F.interpolate(randoms, size=size, mode="trilinear", align_corners=True),
+        F.interpolate(bases, size=size, mode="trilinear", align_corners=True),
     )

@@ -168,7 +168,7 @@ def _train(config: PretrainConfig, ctx: DistContext, reporter: Reporter, cancel:
     autocast, fp16 = _autocast(config, ctx.device)
     scaler = torch.amp.GradScaler("cuda", enabled=fp16)
     batcher = CropBatcher(volumes, valid, grid, config.random_crops, config.volumes_per_step, config.region_mode,
-                          config.seed, ctx.rank, ctx.world)
+                          config.seed, ctx.rank, ctx.world, config.shift_prob)
     log = RunLog(run_dir, history) if ctx.is_main else None
     crops_per_step = config.volumes_per_step * (config.random_crops + grid.num_bases) * ctx.world
 

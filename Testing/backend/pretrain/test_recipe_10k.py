@@ -86,3 +86,27 @@ def test_10k_teacher_network_is_initialised_independently():
     teacher = model.teacher_encoder.state_dict()
     weights = [k for k in student if k.endswith("weight") and student[k].ndim > 1]
     assert weights and all(not torch.equal(student[k], teacher[k]) for k in weights)
+
+
+def test_10k_crop_resize_is_trilinear_with_align_corners():
+    """On a linear ramp, align_corners=True resizing maps output index j of m to input position j·(n−1)/(m−1)."""
+    import numpy as np
+
+    from voco_backend.pretrain.geometry import CropGrid, extract_crops
+
+    grid = CropGrid(128, 32, 2, crop_resize=64)
+    ramp = torch.arange(128, dtype=torch.float32)[:, None, None].expand(128, 128, 32)[None].contiguous()
+    _, bases = extract_crops(ramp, grid, np.array([[64, 64]]))
+    side = 128 // 2  # base crop side along x before resizing
+    expected = torch.arange(64, dtype=torch.float32) * (side - 1) / 63
+    torch.testing.assert_close(bases[0, 0, :, 0, 0], expected, rtol=0, atol=1e-4)
+
+
+def test_10k_intensity_shift_probability_is_one_tenth():
+    from voco_backend.pretrain.augment import CropAugment
+
+    crops = torch.full((4000, 1, 2, 2, 2), 0.5)
+    shifted = (CropAugment(seed=1, shift_prob=PretrainConfig(data=["x"], out="r", recipe="10k").shift_prob)(crops)
+               != 0.5).flatten(1).any(1).float().mean().item()
+    assert abs(shifted - 0.1) < 0.02
+    assert PretrainConfig(data=["x"], out="r").shift_prob == 0.5
