@@ -71,6 +71,7 @@ def test_one_shot_finetune_writes_a_complete_model_folder(trained):
         "name": "SwinUNETR",
         "use_v2": True,
         "downsample": "merging",
+        "merge_order": "monai1.3",
         "model_size": "tiny",
         "feature_size": 12,
         "in_channels": 1,
