@@ -27,11 +27,19 @@ def _official_10k_total(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, v: in
     """The CVPR total loss, entry by entry, for a volume-major batch (crops of all volumes, then bases)."""
     intra, reg = [], []
     for i in range(v):
-        s_crops, t_crops = s[i * sw:(i + 1) * sw], t[i * sw:(i + 1) * sw]
-        s_bases, t_bases = s[v * sw + i * k:v * sw + (i + 1) * k], t[v * sw + i * k:v * sw + (i + 1) * k]
-        logits = torch.stack([
-            torch.stack([(torch.relu(_cos(s_crops[a], t_bases[b])) + torch.relu(_cos(t_crops[a], s_bases[b]))) / 2
-                         for b in range(k)]) for a in range(sw)])
+        s_crops, t_crops = s[i * sw : (i + 1) * sw], t[i * sw : (i + 1) * sw]
+        s_bases, t_bases = s[v * sw + i * k : v * sw + (i + 1) * k], t[v * sw + i * k : v * sw + (i + 1) * k]
+        logits = torch.stack(
+            [
+                torch.stack(
+                    [
+                        (torch.relu(_cos(s_crops[a], t_bases[b])) + torch.relu(_cos(t_crops[a], s_bases[b]))) / 2
+                        for b in range(k)
+                    ]
+                )
+                for a in range(sw)
+            ]
+        )
         targets = y[i]
         pos = (targets * -torch.log(1 - (targets - logits).abs() + EPS)).sum() / (targets.sum() + EPS)
         zero = [logits[a, b] ** 2 for a in range(sw) for b in range(k) if targets[a, b] == 0]
@@ -53,8 +61,17 @@ def _batch(v: int = 2, sw: int = 2, k: int = 4, d: int = 8):
 def test_10k_loss_value_and_gradients_equal_the_official_formula():
     config = PretrainConfig(data=["x"], out="r", recipe="10k")
     s, t, y = _batch()
-    ours = voco_loss(s.float(), t.float(), y.float(), 2, 2, 4, negative=config.negative, inter=config.inter,
-                     symmetric=config.symmetric)
+    ours = voco_loss(
+        s.float(),
+        t.float(),
+        y.float(),
+        2,
+        2,
+        4,
+        negative=config.negative,
+        inter=config.inter,
+        symmetric=config.symmetric,
+    )
     (ours_grad,) = torch.autograd.grad(ours["total"], s)
     expected = _official_10k_total(s, t, y, 2, 2, 4)
     (expected_grad,) = torch.autograd.grad(expected, s)
@@ -72,8 +89,13 @@ def test_symmetric_logits_differ_from_tpami_student_view():
 
 def test_10k_recipe_defaults_and_tpami_unchanged():
     ten_k = PretrainConfig(data=["x"], out="r", recipe="10k")
-    assert (ten_k.dropout, ten_k.inter, ten_k.symmetric, ten_k.negative, ten_k.teacher) == (0.0, False, True, "l2",
-                                                                                             "network")
+    assert (ten_k.dropout, ten_k.inter, ten_k.symmetric, ten_k.negative, ten_k.teacher) == (
+        0.0,
+        False,
+        True,
+        "l2",
+        "network",
+    )
     tpami = PretrainConfig(data=["x"], out="r")
     assert (tpami.dropout, tpami.inter, tpami.symmetric) == (0.2, True, False)
     assert PretrainConfig(data=["x"], out="r", recipe="10k", dropout=0.1).dropout == 0.1  # the user's flag wins
@@ -106,7 +128,13 @@ def test_10k_intensity_shift_probability_is_one_tenth():
     from voco_backend.pretrain.augment import CropAugment
 
     crops = torch.full((4000, 1, 2, 2, 2), 0.5)
-    shifted = (CropAugment(seed=1, shift_prob=PretrainConfig(data=["x"], out="r", recipe="10k").shift_prob)(crops)
-               != 0.5).flatten(1).any(1).float().mean().item()
+    shifted = (
+        (CropAugment(seed=1, shift_prob=PretrainConfig(data=["x"], out="r", recipe="10k").shift_prob)(crops) != 0.5)
+        .flatten(1)
+        .any(1)
+        .float()
+        .mean()
+        .item()
+    )
     assert abs(shifted - 0.1) < 0.02
     assert PretrainConfig(data=["x"], out="r").shift_prob == 0.5

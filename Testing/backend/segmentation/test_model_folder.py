@@ -14,9 +14,13 @@ from voco_backend.segmentation.model_folder import MODEL_PT, ModelInfo, read_mod
 
 
 def _info() -> ModelInfo:
-    return ModelInfo(name="m", model_size="tiny", classes=[SegmentClass("liver", 1, (1.0, 0.0, 0.0))],
-                     recipe=Recipe(spacing=(2.0, 2.0, 2.0), window=(-175.0, 250.0), min_size=(64, 64, 64)),
-                     roi=(64, 64, 64))
+    return ModelInfo(
+        name="m",
+        model_size="tiny",
+        classes=[SegmentClass("liver", 1, (1.0, 0.0, 0.0))],
+        recipe=Recipe(spacing=(2.0, 2.0, 2.0), window=(-175.0, 250.0), min_size=(64, 64, 64)),
+        roi=(64, 64, 64),
+    )
 
 
 def test_a_new_model_folder_records_the_official_order(tmp_path):
