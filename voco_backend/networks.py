@@ -6,6 +6,7 @@ import torch
 from monai.networks.nets import SwinUNETR
 from torch import nn
 
+from voco_backend.attention import use_sdpa_attention
 from voco_backend.errors import UsageError
 
 FEATURE_SIZES: dict[str, int] = {"tiny": 12, "B": 48, "L": 96, "H": 192}
@@ -20,11 +21,19 @@ def feature_size_of(model_size: str) -> int:
 
 
 def build_swinunetr(model_size: str, out_channels: int, in_channels: int = 1, *,
-                    gradient_checkpointing: bool = False, flash_attention: bool = False) -> SwinUNETR:
-    """The segmentation network: SwinUNETR-v2 with patch-merging downsampling, as VoCo uses it."""
-    return SwinUNETR(in_channels=in_channels, out_channels=out_channels, feature_size=feature_size_of(model_size),
-                     use_v2=True, downsample="merging", use_checkpoint=gradient_checkpointing,
-                     use_flash_attention=flash_attention)
+                    gradient_checkpointing: bool = False, flash_attention: bool = False,
+                    sdpa_attention: bool = True) -> SwinUNETR:
+    """The segmentation network: SwinUNETR-v2 with patch-merging downsampling, as VoCo uses it.
+
+    ``sdpa_attention`` (default) runs the window attention through PyTorch's fused kernel in training too
+    (:mod:`voco_backend.attention`); ``False`` keeps MONAI's attention (then ``flash_attention`` applies).
+    """
+    net = SwinUNETR(in_channels=in_channels, out_channels=out_channels, feature_size=feature_size_of(model_size),
+                    use_v2=True, downsample="merging", use_checkpoint=gradient_checkpointing,
+                    use_flash_attention=flash_attention)
+    if sdpa_attention:
+        use_sdpa_attention(net)
+    return net
 
 
 class SwinEncoder(nn.Module):
@@ -35,10 +44,11 @@ class SwinEncoder(nn.Module):
     used for SSL).
     """
 
-    def __init__(self, model_size: str, in_channels: int = 1, gradient_checkpointing: bool = False) -> None:
+    def __init__(self, model_size: str, in_channels: int = 1, gradient_checkpointing: bool = False,
+                 sdpa_attention: bool = True) -> None:
         super().__init__()
         full = build_swinunetr(model_size, out_channels=1, in_channels=in_channels,
-                               gradient_checkpointing=gradient_checkpointing)
+                               gradient_checkpointing=gradient_checkpointing, sdpa_attention=sdpa_attention)
         self.feature_size = feature_size_of(model_size)
         self.normalize = full.normalize
         for name in ENCODER_PREFIXES:
