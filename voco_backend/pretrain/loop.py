@@ -28,6 +28,8 @@ from voco_backend.distributed import (
     training_precision,
 )
 from voco_backend.errors import Cancelled, UsageError
+from voco_backend.memory_guard import StepShape, check_step_memory, processes_per_machine
+from voco_backend.networks import feature_size_of
 from voco_backend.pretrain.checkpoint import LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from voco_backend.pretrain.config import PretrainConfig
 from voco_backend.pretrain.dataset import Batch, CachedVolumes, CropBatcher, prefetch, require_volumes
@@ -72,6 +74,24 @@ def _check_run_dir(config: PretrainConfig, run_dir: Path) -> None:
     if not config.resume and (run_dir / LAST).exists():
         raise UsageError("the run folder already holds a run: pass --resume to continue it, or choose another "
                          "--out", file=run_dir)
+
+
+def _check_memory(config: PretrainConfig, model: VoCoModel, ctx: DistContext) -> None:
+    """Exit 4 with advice before the first step when its estimated peak does not fit (memory_guard)."""
+    grid = config.crop_grid()
+    side = grid.crop_resize or grid.crop
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    shape = StepShape(feature_size=feature_size_of(config.model_size), parameters=trained,
+                      crops=config.volumes_per_step * (config.random_crops + grid.num_bases),
+                      crop_voxels=side * side * (grid.crop_resize or grid.depth),
+                      gradient_checkpointing=config.gradient_checkpointing,
+                      half_precision=ctx.device.type == "cuda" and config.amp, extra_parameters=frozen)
+    advice = ("use fewer --volumes-per-step, a smaller --region-xy/--grid or fewer --random-crops (fewer, "
+              "smaller crops), or --gradient-checkpointing")
+    if config.gradient_checkpointing:
+        advice = advice.removesuffix(", or --gradient-checkpointing")
+    check_step_memory(shape, ctx.device, processes_per_machine(ctx.world), advice)
 
 
 def train_step(net: torch.nn.Module, model: VoCoModel, batch: Batch, optimizer: torch.optim.Optimizer,
@@ -121,6 +141,7 @@ def _train(config: PretrainConfig, ctx: DistContext, reporter: Reporter, cancel:
         if config.teacher == "network":
             model.teacher_encoder.load_state_dict(model.encoder.state_dict())
     model.to(ctx.device)
+    _check_memory(config, model, ctx)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
                                   weight_decay=config.weight_decay, amsgrad=True)
     scheduler = WarmupCosineSchedule(optimizer, warmup_steps=config.warmup_steps, t_total=config.steps)

@@ -148,3 +148,19 @@ def test_two_process_gloo_ddp_run_completes(tmp_path, ct, cache):
     assert sorted(step_losses(evts)) == [1, 2]
     assert load_checkpoint(run_dir / "checkpoint_last.pt")["step"] == 2
     assert len(torch.load(run_dir / "encoder.pt", weights_only=True)) == 145
+
+
+def test_a_step_too_large_for_the_memory_exits_4_with_advice_before_the_first_step(tmp_path, ct, cache,
+                                                                                     monkeypatch):
+    monkeypatch.setenv("VOCO_MEMORY_LIMIT_GB", "0.5")
+    run_dir = tmp_path / "run"
+    code, evts = pretrain("--data", ct, "--out", str(run_dir), "--steps", "1", "--cache-dir", cache)
+    assert code == 4
+    error = evts[-1]
+    assert error["event"] == "error" and error["exit_code"] == 4
+    assert "\n" not in error["message"]
+    assert "$VOCO_MEMORY_LIMIT_GB is 0.5 GB" in error["message"]
+    for advice in ("--volumes-per-step", "--gradient-checkpointing"):
+        assert advice in error["message"]
+    assert not step_losses(evts)
+    assert not (run_dir / "checkpoint_last.pt").exists()
