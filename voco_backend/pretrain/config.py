@@ -77,6 +77,9 @@ class PretrainConfig:
     spacing: list[float] = field([1.5, 1.5, 1.5], help="resampling spacing in mm (x y z)")
     window: list[float] = field([-1000.0, 1000.0], help="HU window mapped to [0, 1] (low high)")
     cache_dir: str | None = field(None, help="preprocessing cache (default $VOCO_CACHE_DIR/preprocessed)")
+    preprocess_only: bool = field(
+        False, help="fill the preprocessing cache and exit (several processes may fill one cache at once)"
+    )
     checkpoint_every: int = field(100, help="write a resumable checkpoint every N steps")
     keep_checkpoints: int = field(2, help="step checkpoints kept besides checkpoint_last.pt (0 keeps none)")
     gradient_checkpointing: bool = field(False, help="recompute activations in backward: less memory")

@@ -11,6 +11,7 @@ import math
 import queue
 import threading
 from collections.abc import Iterator, Sequence
+from copy import deepcopy
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,10 @@ import torch
 import torch.nn.functional as F
 from monai.data import PersistentDataset
 from monai.transforms import CastToTyped, Compose
+from monai.utils import convert_to_tensor
 from torch.utils.data import DistributedSampler
 
+from voco_backend.atomic import save_torch_atomic
 from voco_backend.cancel import CancelToken
 from voco_backend.data.recipe import Recipe, deterministic_transforms
 from voco_backend.data.sources import source_stamp
@@ -27,6 +30,23 @@ from voco_backend.errors import DataError, find_user_error
 from voco_backend.pretrain.augment import CropAugment
 from voco_backend.pretrain.geometry import CropGrid, extract_crops, overlap_targets, sample_centres
 from voco_backend.protocol import Reporter
+
+
+class AtomicPersistentDataset(PersistentDataset):
+    """MONAI's PersistentDataset whose cache entries appear atomically (written beside, then renamed).
+
+    MONAI writes an entry in the system temp folder and moves it into the cache; across file systems that
+    move is a copy, so a second process filling the same cache (``pretrain --preprocess-only`` on several
+    machines or ranks) could read half an entry. Here the entry is renamed into place within the cache folder.
+    """
+
+    def _cachecheck(self, item_transformed: dict) -> dict:
+        hashfile = self.cache_dir / f"{self.hash_func(item_transformed).decode('utf-8')}{self.transform_hash}.pt"
+        if hashfile.is_file():
+            return super()._cachecheck(item_transformed)  # MONAI's load
+        result = self._pre_transform(deepcopy(item_transformed))
+        save_torch_atomic(convert_to_tensor(result, convert_numeric=False, track_meta=self.track_meta), hashfile)
+        return result
 
 
 class CachedVolumes:
@@ -44,7 +64,7 @@ class CachedVolumes:
         # Flat, so that PersistentDataset caches every step (a nested Compose counts as random).
         steps = [deterministic_transforms(recipe), CastToTyped(keys="image", dtype=torch.float16)]
         transform = Compose(steps).flatten()
-        self._dataset = PersistentDataset(items, transform, cache_dir=self.cache_dir)
+        self._dataset = AtomicPersistentDataset(items, transform, cache_dir=self.cache_dir)
 
     def __len__(self) -> int:
         return len(self.sources)

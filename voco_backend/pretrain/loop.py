@@ -127,6 +127,10 @@ def _train(config: PretrainConfig, ctx: DistContext, reporter: Reporter, cancel:
         torch.set_num_threads(config.threads)
     apply_cpu_allocator(config.cpu_allocator, ctx.device, reporter)
     run_dir = Path(config.out)
+    if config.preprocess_only:
+        volumes, valid = _prepare_data(config, ctx, reporter, cancel)
+        return {"preprocessed": len(valid), "skipped": len(volumes) - len(valid),
+                "cache_dir": str(volumes.cache_dir)}
     _check_run_dir(config, run_dir)
     volumes, valid = _prepare_data(config, ctx, reporter, cancel)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -164,3 +164,25 @@ def test_a_step_too_large_for_the_memory_exits_4_with_advice_before_the_first_st
         assert advice in error["message"]
     assert not step_losses(evts)
     assert not (run_dir / "checkpoint_last.pt").exists()
+
+
+def test_two_preprocess_only_processes_fill_one_cache_safely(tmp_path, ct):
+    """Two processes at once on the same volumes: both succeed, each entry is whole and written once in place."""
+    cache_dir = tmp_path / "cache"
+    volumes = [tmp_path / f"ct{k}.nrrd" for k in range(2)]
+    for volume in volumes:
+        shutil.copy(ct, volume)
+    args = ["-m", "voco_backend", "pretrain", *SMALL, "--preprocess-only", "--out", str(tmp_path / "unused"),
+            "--cache-dir", str(cache_dir), "--data", *map(str, volumes)]
+    procs = [_backend(*args) for _ in range(2)]
+    outputs = [proc.communicate(timeout=600) for proc in procs]
+    for proc, (out, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err[-2000:]
+        result = events(out)[-1]
+        assert result["event"] == "result" and result["preprocessed"] == 2 and result["skipped"] == 0
+    assert not (tmp_path / "unused").exists()  # no run folder: nothing was trained
+    entries = sorted(cache_dir.rglob("*.pt"))
+    assert len(entries) == 2
+    assert not [p for p in cache_dir.rglob("*") if ".partial" in p.name]
+    first, second = (torch.load(p, weights_only=False)["image"] for p in entries)
+    assert first.dtype == torch.float16 and torch.equal(first, second)  # same CT, same recipe: same entry
