@@ -87,6 +87,9 @@ class PretrainConfig:
         True, help="mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling)"
     )
     cpu_allocator: str = field("hugepages", help=ALLOCATOR_HELP, choices=CPU_ALLOCATORS)
+    workers: int = field(
+        0, help="DataLoader processes cutting and augmenting crops (0: one background thread)"
+    )
     threads: int | None = field(None, help="CPU threads for torch (default: torch's choice)")
     region_mode: str | None = field(
         None, help="crop (tpami) or resize (10k): how the region is cut", choices=["crop", "resize"]
@@ -112,6 +115,7 @@ class PretrainConfig:
         for name in ("steps", "random_crops", "volumes_per_step", "checkpoint_every", "head_hidden"):
             check_range(name, getattr(self, name), low=1)
         check_range("keep_checkpoints", self.keep_checkpoints, low=0)
+        check_range("workers", self.workers, low=0)
         check_range("lr", self.lr, low=0.0)
         check_range("weight_decay", self.weight_decay, low=0.0)
         check_range("ema_momentum", self.ema_momentum, 0.0, 1.0)

@@ -32,7 +32,7 @@ from voco_backend.memory_guard import StepShape, check_step_memory, processes_pe
 from voco_backend.networks import feature_size_of
 from voco_backend.pretrain.checkpoint import LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from voco_backend.pretrain.config import PretrainConfig
-from voco_backend.pretrain.dataset import Batch, CachedVolumes, CropBatcher, prefetch, require_volumes
+from voco_backend.pretrain.dataset import Batch, CachedVolumes, CropBatcher, batches, require_volumes
 from voco_backend.pretrain.heads import VoCoModel
 from voco_backend.pretrain.losses import voco_loss
 from voco_backend.pretrain.run_log import RunLog
@@ -190,7 +190,7 @@ def _train(config: PretrainConfig, ctx: DistContext, reporter: Reporter, cancel:
     step = start
     model.train()
     try:
-        for batch in prefetch(batcher, start, config.steps):
+        for batch in batches(batcher, start, config.steps, config.workers, ctx.device.type == "cuda"):
             if any_rank(cancel.cancelled, ctx):
                 checkpoint(step, keep=0)
                 reporter.log(f"cancelled at step {step}; resume with --resume", step=step)

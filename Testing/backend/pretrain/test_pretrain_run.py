@@ -186,3 +186,13 @@ def test_two_preprocess_only_processes_fill_one_cache_safely(tmp_path, ct):
     assert not [p for p in cache_dir.rglob("*") if ".partial" in p.name]
     first, second = (torch.load(p, weights_only=False)["image"] for p in entries)
     assert first.dtype == torch.float16 and torch.equal(first, second)  # same CT, same recipe: same entry
+
+
+def test_resume_with_dataloader_workers_continues_to_the_same_next_step_loss(full_run, tmp_path, ct, cache):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    shutil.copy(full_run[0] / "checkpoint_step2.pt", run_dir / "checkpoint_last.pt")
+    code, evts = pretrain("--data", ct, "--out", str(run_dir), "--steps", "3", "--cache-dir", cache, "--resume",
+                          "--workers", "2")
+    assert code == 0, evts[-1]
+    assert step_losses(evts)[3] == pytest.approx(step_losses(full_run[1])[3], rel=1e-5, abs=1e-6)
