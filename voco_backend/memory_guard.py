@@ -4,11 +4,11 @@ Without this, a step too large for the machine meets the kernel's OOM killer (CP
 or a CUDA out-of-memory error deep inside backward. The estimate is linear in what drives a step's memory:
 
     peak ≈ runtime + parameters · bytes per parameter (weights, gradients, AdamW-amsgrad state, teacher)
-           + crops · voxels per crop · feature size · bytes per voxel and feature (activations kept for backward)
+           + crops · voxels per crop · (a + b · feature size)   (activations kept for backward)
 
-with the activation constant calibrated on measured peaks of tiny and B encoder steps of this project
-(``CALIBRATION`` below, fp32 on CPU, SDPA window attention). ``VOCO_MEMORY_LIMIT_GB`` replaces the device's
-free memory as the limit (to test the guard, or to keep a share of a machine for others).
+with a and b fitted to measured peak RSS of encoder steps of this project (fp32, CPU, SDPA window attention,
+2 and 6 crops of 64³: tiny 0.40 + 0.42 GB per crop, B 0.67 + 1.00 GB per crop), plus a 10% margin.
+``VOCO_MEMORY_LIMIT_GB`` replaces the device's free memory as the limit (to test the guard, or to keep a share of a machine for others).
 """
 
 from __future__ import annotations
@@ -24,10 +24,12 @@ from voco_backend.errors import OutOfMemory, UsageError
 LIMIT_ENV = "VOCO_MEMORY_LIMIT_GB"
 GB = 1e9
 
-# Bytes of memory per crop voxel and unit of feature size held for backward (SwinUNETR-v2 encoder, fp32),
-# from measured peak RSS (see the README's "Pretraining at scale"); gradient checkpointing keeps ~40% of it.
-ACTIVATION_BYTES = 150.0
-CHECKPOINTED_FRACTION = 0.4
+# Bytes held for backward per crop voxel: a + b · feature size (SwinUNETR-v2 encoder, fp32). MONAI's gradient
+# checkpointing covers the Swin blocks only; with the SDPA attention it kept 80% of B's activations here
+# (2 crops: 1.63 GB instead of 2.00 GB above the model).
+ACTIVATION_BYTES_PER_VOXEL = 1100.0
+ACTIVATION_BYTES_PER_FEATURE = 64.0
+CHECKPOINTED_FRACTION = 0.8
 # The full SwinUNETR (fine-tuning) adds its decoder, about as much again as the encoder path.
 DECODER_FACTOR = 2.0
 # Weights, gradient and the three AdamW-amsgrad moments, fp32.
@@ -52,12 +54,14 @@ class StepShape:
 
 def estimate_peak_bytes(shape: StepShape) -> float:
     """The estimated peak memory of one step of ``shape``, in bytes."""
-    per_voxel = ACTIVATION_BYTES * (CHECKPOINTED_FRACTION if shape.gradient_checkpointing else 1.0)
+    per_voxel = ACTIVATION_BYTES_PER_VOXEL + ACTIVATION_BYTES_PER_FEATURE * shape.feature_size
+    if shape.gradient_checkpointing:
+        per_voxel *= CHECKPOINTED_FRACTION
     if shape.decoder:
         per_voxel *= DECODER_FACTOR
     if shape.half_precision:
         per_voxel *= 0.6  # bf16/fp16 activations, fp32 norms and master weights
-    activations = shape.crops * shape.crop_voxels * shape.feature_size * per_voxel
+    activations = shape.crops * shape.crop_voxels * per_voxel
     return RUNTIME_BYTES + shape.parameters * BYTES_PER_PARAMETER + shape.extra_parameters * 4 + activations
 
 

@@ -13,8 +13,20 @@ CPU = torch.device("cpu")
 def test_estimate_grows_with_crops_and_features_and_shrinks_with_checkpointing():
     base = estimate_peak_bytes(TINY)
     assert estimate_peak_bytes(StepShape(12, 3_500_000, 44, 64**3)) > base
-    assert estimate_peak_bytes(StepShape(48, 62_000_000, 22, 64**3)) > 3 * base
+    assert estimate_peak_bytes(StepShape(48, 62_000_000, 22, 64**3)) > 2 * base
     assert estimate_peak_bytes(StepShape(12, 3_500_000, 22, 64**3, gradient_checkpointing=True)) < base
+
+
+# Peak RSS of SwinEncoder fwd+bwd (hugepages allocator, SDPA attention) measured on this project's machine:
+# tiny on 2 and 6 crops of 64³, B on 2. Those runs had no optimiser: AdamW-amsgrad's three moments are added.
+@pytest.mark.parametrize(("shape", "measured_gb"), [
+    (StepShape(12, 3_514_134, 2, 64**3), 1.30),
+    (StepShape(12, 3_514_134, 6, 64**3), 2.94),
+    (StepShape(48, 53_164_146, 2, 64**3), 2.67),
+])
+def test_estimate_is_at_most_a_third_above_the_measured_peaks(shape, measured_gb):
+    step_gb = measured_gb + shape.parameters * 3 * 4 / GB
+    assert step_gb <= estimate_peak_bytes(shape) / GB <= 1.35 * step_gb
 
 
 def test_limit_from_the_environment_refuses_with_one_line_of_advice(monkeypatch):
