@@ -8,7 +8,8 @@ or a CUDA out-of-memory error deep inside backward. The estimate is linear in wh
 
 with a and b fitted to measured peak RSS of encoder steps of this project (fp32, CPU, SDPA window attention,
 2 and 6 crops of 64³: tiny 0.40 + 0.42 GB per crop, B 0.67 + 1.00 GB per crop), plus a 10% margin.
-``VOCO_MEMORY_LIMIT_GB`` replaces the device's free memory as the limit (to test the guard, or to keep a share of a machine for others).
+``VOCO_MEMORY_LIMIT_GB`` replaces the device's free memory as the limit (to test the guard, or to keep a share
+of a machine for others).
 """
 
 from __future__ import annotations
