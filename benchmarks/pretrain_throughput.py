@@ -1,8 +1,10 @@
 """Pretraining step throughput against the compute floor, measured in the same run.
 
 Rows per model size (64³ crops, TPAMI layout: 1 volume × (2 random + 9 base) crops by default):
-- ``floor``: a bare fwd+bwd+AdamW step of the same encoder+heads on random tensors of the same shape
-  (the C library's default allocator, no checkpointing) — the cost of the model itself.
+- ``floor``: the plain floor: a bare fwd+bwd+AdamW step of the same encoder+heads with MONAI's own window
+  attention, on random tensors of the same shape (the C library's default allocator, no checkpointing).
+- ``floor+sdpa``: the same bare step with the SDPA window attention (``voco_backend.attention``), which every
+  ``pretrain`` row uses (it is ``pretrain``'s network).
 - ``pretrain``: the real ``pretrain`` step: batch cut from the preprocessing cache of real CT (prefetched),
   full VoCo loss, optimiser step, EMA teacher; default allocator, so its ratio is what the pipeline adds.
 - ``pretrain+ckpt``: with gradient checkpointing.
@@ -29,8 +31,10 @@ import time
 from pathlib import Path
 
 PLAIN = {"cpu_allocator": "default"}
+MONAI_ATTENTION = "monai_attention"  # a benchmark option, not a config field: the floor's plain attention
 VARIANTS = {
-    "floor": PLAIN,
+    "floor": {**PLAIN, MONAI_ATTENTION: True},
+    "floor+sdpa": PLAIN,
     "pretrain": PLAIN,
     "pretrain+ckpt": {**PLAIN, "gradient_checkpointing": True},
     "pretrain+hugepages": {"cpu_allocator": "hugepages"},
@@ -46,7 +50,8 @@ def child(variant: str, size: str, steps: int, data: list[str], cache: str, devi
     """Time ``steps`` steps after one warm-up step; returns seconds per step and peak RSS."""
     from voco_backend.cpu_memory import use_cpu_allocator
 
-    options = VARIANTS[variant]
+    options = dict(VARIANTS[variant])
+    monai_attention = options.pop(MONAI_ATTENTION, False)
     if device == "cpu":  # before the first large tensor of this process
         assert use_cpu_allocator(options["cpu_allocator"]), f"{options['cpu_allocator']} unavailable here"
     import torch
@@ -66,6 +71,14 @@ def child(variant: str, size: str, steps: int, data: list[str], cache: str, devi
     grid = config.crop_grid()
     torch.manual_seed(0)
     model = VoCoModel(size, config.head_hidden, config.teacher, config.dropout, config.gradient_checkpointing).to(dev)
+    if monai_attention:
+        from monai.networks.nets.swin_unetr import WindowAttention
+
+        from voco_backend.attention import SDPAWindowAttention
+
+        for module in model.modules():  # same parameters: only the attention's code changes
+            if type(module) is SDPAWindowAttention:
+                module.__class__ = WindowAttention
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, amsgrad=True,
                                   weight_decay=0.01)
     crops = config.volumes_per_step * (config.random_crops + grid.num_bases)

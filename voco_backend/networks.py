@@ -7,6 +7,7 @@ from monai.networks.nets import SwinUNETR
 from monai.networks.nets.swin_unetr import PatchMergingV2
 from torch import nn
 
+from voco_backend.attention import use_sdpa_attention
 from voco_backend.errors import UsageError
 
 FEATURE_SIZES: dict[str, int] = {"tiny": 12, "B": 48, "L": 96, "H": 192}
@@ -56,16 +57,21 @@ def feature_size_of(model_size: str) -> int:
 
 def build_swinunetr(model_size: str, out_channels: int, in_channels: int = 1, *,
                     gradient_checkpointing: bool = False, flash_attention: bool = False,
-                    merge_order: str = MERGE_MONAI13) -> SwinUNETR:
+                    merge_order: str = MERGE_MONAI13, sdpa_attention: bool = True) -> SwinUNETR:
     """The segmentation network: SwinUNETR-v2 with patch-merging downsampling, as VoCo uses it.
 
     ``merge_order`` ``monai1.3`` (default) is the network the official weights were trained in; ``monai1.5``
     is MONAI >= 1.5's own order, which models made by earlier versions of this program were trained in.
+    ``sdpa_attention`` (default) runs the window attention through PyTorch's fused kernel in training too
+    (:mod:`voco_backend.attention`); ``False`` keeps MONAI's attention (then ``flash_attention`` applies).
     """
     downsample = PatchMergingMonai13 if check_merge_order(merge_order) == MERGE_MONAI13 else "merging"
-    return SwinUNETR(in_channels=in_channels, out_channels=out_channels, feature_size=feature_size_of(model_size),
-                     use_v2=True, downsample=downsample, use_checkpoint=gradient_checkpointing,
-                     use_flash_attention=flash_attention)
+    net = SwinUNETR(in_channels=in_channels, out_channels=out_channels, feature_size=feature_size_of(model_size),
+                    use_v2=True, downsample=downsample, use_checkpoint=gradient_checkpointing,
+                    use_flash_attention=flash_attention)
+    if sdpa_attention:
+        use_sdpa_attention(net)
+    return net
 
 
 class SwinEncoder(nn.Module):
@@ -77,10 +83,11 @@ class SwinEncoder(nn.Module):
     """
 
     def __init__(self, model_size: str, in_channels: int = 1, gradient_checkpointing: bool = False,
-                 merge_order: str = MERGE_MONAI13) -> None:
+                 merge_order: str = MERGE_MONAI13, sdpa_attention: bool = True) -> None:
         super().__init__()
         full = build_swinunetr(model_size, out_channels=1, in_channels=in_channels,
-                               gradient_checkpointing=gradient_checkpointing, merge_order=merge_order)
+                               gradient_checkpointing=gradient_checkpointing, merge_order=merge_order,
+                               sdpa_attention=sdpa_attention)
         self.feature_size = feature_size_of(model_size)
         self.merge_order = merge_order
         self.normalize = full.normalize

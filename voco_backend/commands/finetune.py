@@ -28,6 +28,7 @@ from voco_backend.networks import FEATURE_SIZES
 from voco_backend.protocol import Reporter
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
 DEVICES = ["auto", "cpu", "cuda"]
@@ -175,6 +176,20 @@ def _init_encoder(model: nn.Module, init: str, reporter: Reporter) -> dict:
     return {"source": init, "file": report.source, "summary": report.summary()}
 
 
+def _check_memory(config: FinetuneConfig, model: nn.Module, device: torch.device) -> None:
+    """Exit 4 with advice before the first step when its estimated peak does not fit (memory_guard)."""
+    from voco_backend.memory_guard import StepShape, check_step_memory
+    from voco_backend.networks import feature_size_of
+
+    shape = StepShape(feature_size=feature_size_of(config.model_size), parameters=sum(p.numel() for p in
+                      model.parameters()), crops=config.batch_size, crop_voxels=config.roi**3,
+                      gradient_checkpointing=config.gradient_checkpointing,
+                      half_precision=device.type == "cuda" and config.amp, decoder=True)
+    advice = "use a smaller --batch-size or --roi" + ("" if config.gradient_checkpointing else
+                                                      ", or --gradient-checkpointing")
+    check_step_memory(shape, device, 1, advice)
+
+
 def run(config: FinetuneConfig, reporter: Reporter, cancel: CancelToken) -> None:
     """Read and check the data, initialise the network, train, and report the model folder."""
     import torch
@@ -221,6 +236,7 @@ def run(config: FinetuneConfig, reporter: Reporter, cancel: CancelToken) -> None
     model = build_swinunetr(config.model_size, len(classes) + 1, gradient_checkpointing=config.gradient_checkpointing)
     init = _init_encoder(model, config.init, reporter) if not config.resume else {}
     model.to(device)
+    _check_memory(config, model, device)
     info = ModelInfo(
         name=config.name or folder.resolve().name,
         model_size=config.model_size,

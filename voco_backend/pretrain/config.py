@@ -102,6 +102,9 @@ class PretrainConfig:
     spacing: list[float] = field([1.5, 1.5, 1.5], help="resampling spacing in mm (x y z)")
     window: list[float] = field([-1000.0, 1000.0], help="HU window mapped to [0, 1] (low high)")
     cache_dir: str | None = field(None, help="preprocessing cache (default $VOCO_CACHE_DIR/preprocessed)")
+    preprocess_only: bool = field(
+        False, help="fill the preprocessing cache and exit (several processes may fill one cache at once)"
+    )
     checkpoint_every: int = field(100, help="write a resumable checkpoint every N steps")
     keep_checkpoints: int = field(2, help="step checkpoints kept besides checkpoint_last.pt (0 keeps none)")
     gradient_checkpointing: bool = field(False, help="recompute activations in backward: less memory")
@@ -109,6 +112,9 @@ class PretrainConfig:
         True, help="mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling)"
     )
     cpu_allocator: str = field("hugepages", help=ALLOCATOR_HELP, choices=CPU_ALLOCATORS)
+    workers: int = field(
+        0, help="DataLoader processes cutting and augmenting crops (0: one background thread)"
+    )
     threads: int | None = field(None, help="CPU threads for torch (default: torch's choice)")
     region_mode: str | None = field(
         None, help="crop (tpami) or resize (10k): how the region is cut", choices=["crop", "resize"]
@@ -135,6 +141,7 @@ class PretrainConfig:
         for name in ("steps", "random_crops", "volumes_per_step", "checkpoint_every", "head_hidden"):
             check_range(name, getattr(self, name), low=1)
         check_range("keep_checkpoints", self.keep_checkpoints, low=0)
+        check_range("workers", self.workers, low=0)
         check_range("lr", self.lr, low=0.0)
         check_range("weight_decay", self.weight_decay, low=0.0)
         check_range("ema_momentum", self.ema_momentum, 0.0, 1.0)

@@ -11,6 +11,7 @@ import math
 import queue
 import threading
 from collections.abc import Iterator, Sequence
+from copy import deepcopy
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,10 @@ import torch
 import torch.nn.functional as F
 from monai.data import PersistentDataset
 from monai.transforms import CastToTyped, Compose
-from torch.utils.data import DistributedSampler
+from monai.utils import convert_to_tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from voco_backend.atomic import save_torch_atomic
 from voco_backend.cancel import CancelToken
 from voco_backend.data.recipe import Recipe, deterministic_transforms
 from voco_backend.data.sources import source_stamp
@@ -27,6 +30,23 @@ from voco_backend.errors import DataError, find_user_error
 from voco_backend.pretrain.augment import CropAugment
 from voco_backend.pretrain.geometry import CropGrid, extract_crops, overlap_targets, sample_centres
 from voco_backend.protocol import Reporter
+
+
+class AtomicPersistentDataset(PersistentDataset):
+    """MONAI's PersistentDataset whose cache entries appear atomically (written beside, then renamed).
+
+    MONAI writes an entry in the system temp folder and moves it into the cache; across file systems that
+    move is a copy, so a second process filling the same cache (``pretrain --preprocess-only`` on several
+    machines or ranks) could read half an entry. Here the entry is renamed into place within the cache folder.
+    """
+
+    def _cachecheck(self, item_transformed: dict) -> dict:
+        hashfile = self.cache_dir / f"{self.hash_func(item_transformed).decode('utf-8')}{self.transform_hash}.pt"
+        if hashfile.is_file():
+            return super()._cachecheck(item_transformed)  # MONAI's load
+        result = self._pre_transform(deepcopy(item_transformed))
+        save_torch_atomic(convert_to_tensor(result, convert_numeric=False, track_meta=self.track_meta), hashfile)
+        return result
 
 
 class CachedVolumes:
@@ -44,7 +64,7 @@ class CachedVolumes:
         # Flat, so that PersistentDataset caches every step (a nested Compose counts as random).
         steps = [deterministic_transforms(recipe), CastToTyped(keys="image", dtype=torch.float16)]
         transform = Compose(steps).flatten()
-        self._dataset = PersistentDataset(items, transform, cache_dir=self.cache_dir)
+        self._dataset = AtomicPersistentDataset(items, transform, cache_dir=self.cache_dir)
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -85,6 +105,10 @@ class Batch:
     crops: torch.Tensor  # (V·sw + V·K, 1, c, c, D)
     targets: torch.Tensor  # (V, sw, K)
     indices: list[int]
+
+    def pin_memory(self) -> Batch:
+        """This batch with its crops in page-locked memory (DataLoader's ``pin_memory`` calls it)."""
+        return dataclasses.replace(self, crops=self.crops.pin_memory())
 
 
 def step_indices(step: int, num_items: int, per_step: int, rank: int, world: int, seed: int) -> list[int]:
@@ -190,6 +214,46 @@ def prefetch(batcher: CropBatcher, first: int, last: int, depth: int = 2) -> Ite
                 slots.get_nowait()
             except queue.Empty:
                 worker.join(timeout=0.05)
+
+
+class _Steps(Dataset):
+    """Steps ``first``… as a map-style dataset: item ``i`` is the batch of step ``first + i``."""
+
+    def __init__(self, batcher: CropBatcher, first: int, last: int) -> None:
+        self.batcher, self.first, self.last = batcher, first, last
+
+    def __len__(self) -> int:
+        return self.last - self.first
+
+    def __getitem__(self, index: int) -> Batch:
+        return self.batcher(self.first + index)
+
+
+def _one_thread(_: int) -> None:
+    torch.set_num_threads(1)  # workers cut crops side by side; the training process keeps the cores' threads
+
+
+def batches(
+    batcher: CropBatcher, first: int, last: int, workers: int = 0, pin_memory: bool = False
+) -> Iterator[Batch]:
+    """The batches of steps [first, last): built by ``workers`` DataLoader processes, or a background thread.
+
+    A batch depends only on (seed, step, rank), never on which worker built it, so a resumed run gets the
+    batches of an uninterrupted one with any number of workers. ``pin_memory`` (CUDA) makes the copy to the
+    device non-blocking.
+    """
+    if workers == 0:
+        for batch in prefetch(batcher, first, last):
+            yield batch.pin_memory() if pin_memory else batch
+        return
+    loader = DataLoader(_Steps(batcher, first, last), batch_size=None, shuffle=False, num_workers=workers,
+                        pin_memory=pin_memory, worker_init_fn=_one_thread if workers else None,
+                        prefetch_factor=2 if workers else None, collate_fn=_keep)
+    yield from loader
+
+
+def _keep(batch: Batch) -> Batch:
+    return batch
 
 
 def require_volumes(

@@ -28,10 +28,11 @@ from voco_backend.distributed import (
     training_precision,
 )
 from voco_backend.errors import Cancelled, UsageError
-from voco_backend.networks import MERGE_MONAI15
+from voco_backend.memory_guard import StepShape, check_step_memory, processes_per_machine
+from voco_backend.networks import MERGE_MONAI15, feature_size_of
 from voco_backend.pretrain.checkpoint import LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from voco_backend.pretrain.config import PretrainConfig
-from voco_backend.pretrain.dataset import Batch, CachedVolumes, CropBatcher, prefetch, require_volumes
+from voco_backend.pretrain.dataset import Batch, CachedVolumes, CropBatcher, batches, require_volumes
 from voco_backend.pretrain.heads import VoCoModel
 from voco_backend.pretrain.losses import voco_loss
 from voco_backend.pretrain.run_log import RunLog
@@ -86,6 +87,24 @@ def _check_run_dir(config: PretrainConfig, run_dir: Path) -> None:
                          "--out", file=run_dir)
 
 
+def _check_memory(config: PretrainConfig, model: VoCoModel, ctx: DistContext) -> None:
+    """Exit 4 with advice before the first step when its estimated peak does not fit (memory_guard)."""
+    grid = config.crop_grid()
+    side = grid.crop_resize or grid.crop
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    shape = StepShape(feature_size=feature_size_of(config.model_size), parameters=trained,
+                      crops=config.volumes_per_step * (config.random_crops + grid.num_bases),
+                      crop_voxels=side * side * (grid.crop_resize or grid.depth),
+                      gradient_checkpointing=config.gradient_checkpointing,
+                      half_precision=ctx.device.type == "cuda" and config.amp, extra_parameters=frozen)
+    advice = ("use fewer --volumes-per-step, a smaller --region-xy/--grid or fewer --random-crops (fewer, "
+              "smaller crops), or --gradient-checkpointing")
+    if config.gradient_checkpointing:
+        advice = advice.removesuffix(", or --gradient-checkpointing")
+    check_step_memory(shape, ctx.device, processes_per_machine(ctx.world), advice)
+
+
 def train_step(net: torch.nn.Module, model: VoCoModel, batch: Batch, optimizer: torch.optim.Optimizer,
                scheduler: WarmupCosineSchedule, scaler: torch.amp.GradScaler,
                autocast: contextlib.AbstractContextManager, config: PretrainConfig) -> dict[str, float]:
@@ -120,6 +139,10 @@ def _train(config: PretrainConfig, ctx: DistContext, reporter: Reporter, cancel:
         torch.set_num_threads(config.threads)
     apply_cpu_allocator(config.cpu_allocator, ctx.device, reporter)
     run_dir = Path(config.out)
+    if config.preprocess_only:
+        volumes, valid = _prepare_data(config, ctx, reporter, cancel)
+        return {"preprocessed": len(valid), "skipped": len(volumes) - len(valid),
+                "cache_dir": str(volumes.cache_dir)}
     _check_run_dir(config, run_dir)
     volumes, valid = _prepare_data(config, ctx, reporter, cancel)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -141,6 +164,7 @@ def _train(config: PretrainConfig, ctx: DistContext, reporter: Reporter, cancel:
         reporter.log(init_summary)
         reporter.log(init_fresh_parts(config))
     model.to(ctx.device)
+    _check_memory(config, model, ctx)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
                                   weight_decay=config.weight_decay, amsgrad=True)
     scheduler = WarmupCosineSchedule(optimizer, warmup_steps=config.warmup_steps, t_total=config.steps)
@@ -185,7 +209,7 @@ def _train(config: PretrainConfig, ctx: DistContext, reporter: Reporter, cancel:
     step = start
     model.train()
     try:
-        for batch in prefetch(batcher, start, config.steps):
+        for batch in batches(batcher, start, config.steps, config.workers, ctx.device.type == "cuda"):
             if any_rank(cancel.cancelled, ctx):
                 checkpoint(step, keep=0)
                 reporter.log(f"cancelled at step {step}; resume with --resume", step=step)

@@ -178,3 +178,51 @@ def test_a_run_made_before_the_merge_order_record_resumes_in_its_own_order(full_
     warnings = [e["message"] for e in evts if e["event"] == "log" and e["level"] == "warning"]
     assert sum("records no merge order" in m and "MONAI 1.5" in m for m in warnings) == 1
     assert evts[-1]["merge_order"] == "monai1.5"
+
+
+def test_a_step_too_large_for_the_memory_exits_4_with_advice_before_the_first_step(tmp_path, ct, cache,
+                                                                                     monkeypatch):
+    monkeypatch.setenv("VOCO_MEMORY_LIMIT_GB", "0.5")
+    run_dir = tmp_path / "run"
+    code, evts = pretrain("--data", ct, "--out", str(run_dir), "--steps", "1", "--cache-dir", cache)
+    assert code == 4
+    error = evts[-1]
+    assert error["event"] == "error" and error["exit_code"] == 4
+    assert "\n" not in error["message"]
+    assert "$VOCO_MEMORY_LIMIT_GB is 0.5 GB" in error["message"]
+    for advice in ("--volumes-per-step", "--gradient-checkpointing"):
+        assert advice in error["message"]
+    assert not step_losses(evts)
+    assert not (run_dir / "checkpoint_last.pt").exists()
+
+
+def test_two_preprocess_only_processes_fill_one_cache_safely(tmp_path, ct):
+    """Two processes at once on the same volumes: both succeed, each entry is whole and written once in place."""
+    cache_dir = tmp_path / "cache"
+    volumes = [tmp_path / f"ct{k}.nrrd" for k in range(2)]
+    for volume in volumes:
+        shutil.copy(ct, volume)
+    args = ["-m", "voco_backend", "pretrain", *SMALL, "--preprocess-only", "--out", str(tmp_path / "unused"),
+            "--cache-dir", str(cache_dir), "--data", *map(str, volumes)]
+    procs = [_backend(*args) for _ in range(2)]
+    outputs = [proc.communicate(timeout=600) for proc in procs]
+    for proc, (out, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err[-2000:]
+        result = events(out)[-1]
+        assert result["event"] == "result" and result["preprocessed"] == 2 and result["skipped"] == 0
+    assert not (tmp_path / "unused").exists()  # no run folder: nothing was trained
+    entries = sorted(cache_dir.rglob("*.pt"))
+    assert len(entries) == 2
+    assert not [p for p in cache_dir.rglob("*") if ".partial" in p.name]
+    first, second = (torch.load(p, weights_only=False)["image"] for p in entries)
+    assert first.dtype == torch.float16 and torch.equal(first, second)  # same CT, same recipe: same entry
+
+
+def test_resume_with_dataloader_workers_continues_to_the_same_next_step_loss(full_run, tmp_path, ct, cache):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    shutil.copy(full_run[0] / "checkpoint_step2.pt", run_dir / "checkpoint_last.pt")
+    code, evts = pretrain("--data", ct, "--out", str(run_dir), "--steps", "3", "--cache-dir", cache, "--resume",
+                          "--workers", "2")
+    assert code == 0, evts[-1]
+    assert step_losses(evts)[3] == pytest.approx(step_losses(full_run[1])[3], rel=1e-5, abs=1e-6)

@@ -1,0 +1,121 @@
+"""Window attention of the Swin blocks through PyTorch's fused attention, in training as well as inference.
+
+MONAI's ``WindowAttention`` uses ``scaled_dot_product_attention`` only while autograd is off, so a training
+step materialises every window's (n × n) attention matrix for each head, twice (scores and softmax), and keeps
+them for backward: at stage 1 of a 64³ crop that is 125 windows · 3 heads · 343² floats per crop.
+
+:class:`SDPAWindowAttention` computes the same function with the fused kernel in forward and a chunked
+backward, so no step holds more than :data:`CHUNK_BYTES` of attention matrices at once. PyTorch's fused CPU
+kernel cannot differentiate its additive mask, and the relative-position bias is a learnt parameter, hence the
+hand-written backward (:class:`_WindowAttentionFunction`): it recomputes the softmax of a chunk of windows and
+applies the standard attention gradients, summing the bias gradient over the windows.
+
+The module keeps MONAI's parameter and buffer names (``qkv``, ``proj``, ``relative_position_bias_table``,
+``relative_position_index``), so official state dicts load unchanged; :func:`use_sdpa_attention` swaps it into a
+built network in place.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from monai.networks.nets.swin_unetr import WindowAttention
+from torch import nn
+
+# The most memory one backward chunk's score matrices (scores, softmax, their gradients) may take.
+CHUNK_BYTES = 64 * 2**20
+
+
+class _WindowAttentionFunction(torch.autograd.Function):
+    """softmax(q·kᵀ·scale + bias[h] + mask[w]) · v over windows; bias is differentiable, mask is not.
+
+    Shapes: q, k, v (B, H, n, d) with B = crops · windows (window-minor, as MONAI partitions them); bias
+    (H, n, n); mask (W, n, n) or None.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, mask, scale):
+        b, heads, n, d = q.shape
+        if mask is None:
+            # One additive mask for every window: broadcast over the batch.
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias[None].to(q.dtype), scale=scale)
+        else:
+            # Windows folded into the head axis, so the per-window mask broadcasts over the crops without
+            # being copied once per crop.
+            windows = mask.shape[0]
+            crops = b // windows
+
+            def fold(t: torch.Tensor) -> torch.Tensor:
+                return t.reshape(crops, windows * heads, n, d)
+
+            attn_mask = (bias[None] + mask[:, None]).reshape(1, windows * heads, n, n).to(q.dtype)
+            out = F.scaled_dot_product_attention(fold(q), fold(k), fold(v), attn_mask=attn_mask, scale=scale)
+            out = out.reshape(b, heads, n, d)
+        ctx.save_for_backward(q, k, v, bias, mask)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, bias, mask = ctx.saved_tensors
+        scale = ctx.scale
+        b, heads, n, _ = q.shape
+        work = torch.promote_types(q.dtype, torch.float32)
+        q, k, v, grad_out = (t.contiguous() for t in (q, k, v, grad_out))
+        grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        grad_bias = torch.zeros((heads, n, n), dtype=work, device=q.device)
+        bias_w = bias.to(work)
+        mask_w = mask.to(work) if mask is not None else None
+        chunk = max(1, CHUNK_BYTES // (4 * heads * n * n * torch.finfo(work).bits // 8))
+        for start in range(0, b, chunk):
+            rows = slice(start, min(b, start + chunk))
+            qc, kc, vc, gc = (t[rows].to(work) for t in (q, k, v, grad_out))
+            scores = torch.matmul(qc, kc.transpose(-2, -1)).mul_(scale).add_(bias_w)
+            if mask_w is not None:
+                windows = torch.arange(rows.start, rows.stop, device=q.device) % mask_w.shape[0]
+                scores.add_(mask_w[windows][:, None])
+            probs = torch.softmax(scores, dim=-1)
+            del scores
+            grad_v[rows] = torch.matmul(probs.transpose(-2, -1), gc).to(v.dtype)
+            grad_probs = torch.matmul(gc, vc.transpose(-2, -1))
+            # Softmax backward: dS = P ⊙ (dP − Σ_j P·dP).
+            grad_scores = probs.mul_(grad_probs.sub_((probs * grad_probs).sum(-1, keepdim=True)))
+            del grad_probs
+            grad_bias += grad_scores.sum(0)
+            grad_q[rows] = torch.matmul(grad_scores, kc).mul_(scale).to(q.dtype)
+            grad_k[rows] = torch.matmul(grad_scores.transpose(-2, -1), qc).mul_(scale).to(k.dtype)
+        return grad_q, grad_k, grad_v, grad_bias.to(bias.dtype), None, None
+
+
+class SDPAWindowAttention(WindowAttention):
+    """MONAI's ``WindowAttention`` (same parameters, same function) through the fused attention kernel."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Attention within each window of ``x`` (B, n, C); ``mask`` (W, n, n) for shifted windows."""
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        index = self.relative_position_index[:n, :n].reshape(-1)
+        bias = self.relative_position_bias_table[index].reshape(n, n, -1).permute(2, 0, 1)
+        if mask is not None:
+            mask = mask.to(device=q.device)
+        out = _WindowAttentionFunction.apply(q, k, v, bias, mask, self.scale)
+        out = out.transpose(1, 2).reshape(b, n, c)
+        return self.proj_drop(self.proj(out))
+
+
+def use_sdpa_attention(model: nn.Module) -> int:
+    """Turn every MONAI ``WindowAttention`` in ``model`` into :class:`SDPAWindowAttention`, in place.
+
+    Parameters, buffers and their names are untouched (the class changes, not the state), so weights load
+    the same before and after. Returns how many modules were switched. Attention dropout is not supported by
+    the fused path; MONAI's SwinUNETR builds it with rate 0.
+    """
+    switched = 0
+    for module in model.modules():
+        if type(module) is WindowAttention:
+            if module.attn_drop.p:
+                raise ValueError("SDPA window attention needs attn_drop 0")
+            module.__class__ = SDPAWindowAttention
+            switched += 1
+    return switched
