@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from voco_backend.cancel import CancelToken
-from voco_backend.download import CHUNK_BYTES, download, part_path
+from voco_backend.download import download, part_path
 from voco_backend.errors import Cancelled, DataError, UsageError
 from voco_backend.networks import SwinEncoder
 from voco_backend.protocol import Reporter
