@@ -11,7 +11,7 @@ import yaml
 from monai.optimizers import WarmupCosineSchedule
 from torch.nn.parallel import DistributedDataParallel
 
-from voco_backend.atomic import write_text_atomic
+from voco_backend.atomic import remove_orphans, write_text_atomic
 from voco_backend.cache import cache_dir
 from voco_backend.cancel import CancelToken
 from voco_backend.config import to_dict
@@ -110,6 +110,8 @@ def _train(config: PretrainConfig, ctx: DistContext, reporter: Reporter, cancel:
     _check_run_dir(config, run_dir)
     volumes, valid = _prepare_data(config, ctx, reporter, cancel)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if ctx.is_main:
+        remove_orphans(run_dir)  # temporary files of a killed run
     grid = config.crop_grid()
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     model = VoCoModel(config.model_size, config.head_hidden, config.teacher, config.dropout,
