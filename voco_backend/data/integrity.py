@@ -124,7 +124,10 @@ def _check_nifti(path: Path, compressed: bool) -> None:
         if size == 348:
             dims = list(struct.unpack(endian + "8h", header[40:56]))
             bitpix = struct.unpack(endian + "h", header[72:74])[0]
-            offset = int(struct.unpack(endian + "f", header[108:112])[0])
+            offset = struct.unpack(endian + "f", header[108:112])[0]
+            geometry = struct.unpack(endian + "8f", header[76:108]) + struct.unpack(endian + "18f", header[256:328])
+            _finite_geometry(geometry, path)
+            offset = int(offset) if math.isfinite(offset) else -1
             break
         if size == 540:
             if len(header) < 540:
@@ -132,17 +135,33 @@ def _check_nifti(path: Path, compressed: bool) -> None:
             dims = list(struct.unpack(endian + "8q", header[16:80]))
             bitpix = struct.unpack(endian + "h", header[14:16])[0]
             offset = struct.unpack(endian + "q", header[168:176])[0]
+            geometry = struct.unpack(endian + "8d", header[104:168]) + struct.unpack(endian + "18d", header[280:424])
+            _finite_geometry(geometry, path)
             break
     else:
         return  # not NIfTI after all: the reader says what it is
     ndim = dims[0]
-    if not 1 <= ndim <= 7 or bitpix <= 0 or bitpix % 8:
+    if not 1 <= ndim <= 7 or bitpix <= 0 or bitpix % 8 or offset < 0:
         raise DataError(f"not a valid NIfTI header (dim[0] {ndim}, bitpix {bitpix})", file=path)
     need = offset + _voxel_bytes(dims[1:ndim + 1], bitpix // 8, path)
     if compressed:
         _gzip_bytes(path, 0, need)
     elif path.stat().st_size < need:
         raise _truncated(path, path.stat().st_size, need)
+
+
+def _finite_geometry(values: tuple[float, ...], path: Path) -> None:
+    """ITK reads a NaN spacing or origin as 1 or 0 without a word: refuse it from the header itself."""
+    if not all(math.isfinite(v) for v in values):
+        raise DataError("header holds a NaN or infinite spacing, origin or direction; fix the image header",
+                        file=path)
+
+
+def _text_geometry(fields: dict[str, str], keys: tuple[str, ...], path: Path) -> None:
+    for key in keys:
+        if re.search(r"nan|inf", fields.get(key, ""), re.IGNORECASE):
+            raise DataError(f"header field '{key}' is not finite ({fields[key][:80]}); fix the image header",
+                            file=path)
 
 
 def _header_fields(path: Path, separator: str) -> tuple[dict[str, str], int]:
@@ -175,6 +194,10 @@ def _ints(text: str, path: Path, field: str) -> list[int]:
 
 def _check_nrrd(path: Path) -> None:
     fields, data_start = _header_fields(path, ":")
+    _text_geometry(fields, ("space origin", "space directions", "spacings", "axis mins", "thicknesses"), path)
+    if fields.get("dimension") == "3" and "none" in fields.get("space directions", "").lower():
+        raise DataError("header gives an axis no space direction (a NaN or missing spacing); fix the image header",
+                        file=path)
     if "sizes" not in fields or "type" not in fields:
         return  # not a NRRD header we understand: the reader decides
     element = _NRRD_TYPE_BYTES.get(fields["type"].lower())
@@ -201,6 +224,8 @@ def _check_nrrd(path: Path) -> None:
 
 def _check_metaimage(path: Path) -> None:
     fields, data_start = _header_fields(path, "=")
+    _text_geometry(fields, ("offset", "origin", "position", "elementspacing", "transformmatrix", "rotation",
+                            "orientation", "elementsize"), path)
     if "dimsize" not in fields or "elementtype" not in fields:
         return
     element = _MET_TYPE_BYTES.get(fields["elementtype"].upper())
