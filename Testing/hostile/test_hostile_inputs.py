@@ -337,7 +337,8 @@ def test_folders_of_junk_are_one_line(tmp_path, junk):
     "data: [a]\nout: r\nsteps: many\n",  # wrong type
     "data: [a]\nout: r\nsteps: {a: 1}\n",  # a mapping where a number goes
     "data: [a]\nout: r\nsteps: !!python/object/apply:os.system ['echo owned']\n",
-    "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b]\n"
+    "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+    "c: &c [*b, *b, *b, *b, *b, *b, *b]\n"
     "d: &d [*c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nout: [*e, *e, *e, *e, *e]\n",
     "data: [a]\nout: r\nlr: .nan\n",
     "data: [a]\nout: r\nsteps: .inf\n",
