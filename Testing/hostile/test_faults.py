@@ -55,7 +55,7 @@ def _run(args: list[str], kill: tuple[signal.Signals, float] | None = None, stag
             if f'"stage": "{stage}"' in line:
                 threading.Timer(delay, lambda: proc.poll() is None and proc.send_signal(sig)).start()
                 break
-    out, err = proc.communicate(timeout=900)
+    out, _err = proc.communicate(timeout=900)
     return proc.returncode, parse_events("".join(lines) + out)
 
 
@@ -88,7 +88,7 @@ def finetune_case(shared_data, tmp_path_factory):
     args = [*FINETUNE, "--images", str(sts / "STS_002_CT_image.nii.gz"), "--labels",
             str(sts / "STS_002_CT_mask.nii.gz"), "--init", str(encoder)]
     reference = tmp_path_factory.mktemp("reference") / "model"
-    code, evts = _run([*args, "--out", str(reference)])
+    code, _ = _run([*args, "--out", str(reference)])
     assert code == 0
     return args, torch.load(reference / "checkpoint_last.pt", weights_only=True)["progress"]["losses"]
 
