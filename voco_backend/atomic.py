@@ -20,7 +20,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=".partial" + suffix,
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=PARTIAL_MARK + suffix,
                                     dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -31,6 +31,24 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+PARTIAL_MARK = ".partial"
+
+
+def remove_orphans(folder: str | Path) -> list[Path]:
+    """Remove the temporary files that :func:`atomic_path` left in ``folder`` when a process was killed.
+
+    Called when a run starts in its folder (one run per folder: a second process on the same ``--out`` is
+    refused by the run-folder checks), so only files of a dead run are removed. Returns what was removed.
+    """
+    removed = []
+    for path in Path(folder).glob(f".*{PARTIAL_MARK}*"):
+        if path.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 def _umask() -> int:

@@ -20,6 +20,7 @@ class CancelToken:
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self._interruptible = 0
 
     @property
     def cancelled(self) -> bool:
@@ -35,10 +36,23 @@ class CancelToken:
         if self._event.is_set():
             raise Cancelled()
 
+    @contextlib.contextmanager
+    def interrupting(self) -> Iterator[None]:
+        """Inside the block the first signal raises :class:`Cancelled` at once (a read that may block for long,
+        such as a network read); a cancel asked for earlier raises on entry."""
+        self.check()
+        self._interruptible += 1
+        try:
+            yield
+        finally:
+            self._interruptible -= 1
+
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self._event.is_set():
             raise Cancelled()
         self._event.set()
+        if self._interruptible:
+            raise Cancelled()
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[CancelToken]:

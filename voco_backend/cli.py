@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 import traceback
@@ -13,7 +14,16 @@ from typing import NoReturn
 from voco_backend import __version__
 from voco_backend.cancel import CancelToken
 from voco_backend.config import add_arguments, build_config
-from voco_backend.errors import EXIT_CANCELLED, EXIT_OOM, EXIT_USAGE, Cancelled, OutOfMemory, VoCoError, find_user_error
+from voco_backend.errors import (
+    EXIT_CANCELLED,
+    EXIT_OOM,
+    EXIT_USAGE,
+    Cancelled,
+    DataError,
+    OutOfMemory,
+    VoCoError,
+    find_user_error,
+)
 from voco_backend.protocol import Reporter
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -59,11 +69,53 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+OOM_PHRASES = ("out of memory", "can't allocate memory", "cannot allocate memory", "failed to allocate")
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
 def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, MemoryError):
-        return True
-    oom_type = getattr(sys.modules.get("torch"), "OutOfMemoryError", None)
-    return bool(oom_type and isinstance(exc, oom_type)) or "out of memory" in str(exc).lower()
+    """Whether ``exc`` (or what it wraps) is the host or device running out of memory."""
+    for current in _chain(exc):
+        if isinstance(current, MemoryError) or (isinstance(current, OSError) and current.errno == errno.ENOMEM):
+            return True
+        oom_type = getattr(sys.modules.get("torch"), "OutOfMemoryError", None)
+        if oom_type and isinstance(current, oom_type):
+            return True
+        if isinstance(current, RuntimeError) and any(p in str(current).lower() for p in OOM_PHRASES):
+            return True
+    return False
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions it was raised from, outermost first."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not s for s in seen):
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def _environment_error(exc: BaseException) -> VoCoError | None:
+    """A one-line error for a failing disk or file system (full disk, no permission, not a folder), if any.
+
+    Outputs are written under temporary names and renamed into place, so such a failure leaves earlier outputs
+    as they were; the message names the file and what to do.
+    """
+    for current in _chain(exc):
+        if isinstance(current, RecursionError):
+            return DataError("an input file is nested too deeply to be read (a hostile or damaged file)")
+        if not isinstance(current, OSError) or current.errno is None:
+            continue
+        where = current.filename
+        if current.errno in DISK_FULL:
+            return DataError("no space left on the device (disk full or quota reached): free space or write "
+                             "elsewhere; earlier outputs are untouched", file=where)
+        if where is not None:
+            reason = current.strerror or type(current).__name__
+            return DataError(f"cannot use this path ({reason}): check it exists, is the right kind (file or "
+                             "folder) and is writable", file=where)
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -97,6 +149,10 @@ def _run(module: ModuleType, values: dict, config_file: str | None, reporter: Re
         if _is_oom(exc):
             reporter.error(OOM_ADVICE, exit_code=EXIT_OOM)
             return OutOfMemory.exit_code
+        environment = _environment_error(exc)
+        if environment is not None:
+            reporter.error(environment.message, file=environment.file, exit_code=environment.exit_code)
+            return environment.exit_code
         traceback.print_exc(file=sys.stderr)
         reporter.error(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
                        exit_code=1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Sequence
@@ -21,6 +22,10 @@ import yaml
 from voco_backend.errors import UsageError
 
 C = TypeVar("C")
+
+
+MAX_CONFIG_BYTES = 1 << 20
+MAX_LIST_ITEMS = 100_000
 
 
 def field(default: Any = dataclasses.MISSING, *, help: str, **metadata: Any) -> Any:
@@ -82,7 +87,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML or JSON mapping of field names (``-`` or ``_`` spelling) to values."""
     path = Path(path)
     try:
+        if path.is_file() and path.stat().st_size > MAX_CONFIG_BYTES:
+            raise UsageError(f"the config file is larger than {MAX_CONFIG_BYTES} bytes; is it a config file?",
+                             file=path)
         text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError("the config file is not UTF-8 text (a binary file?)", file=path) from exc
     except OSError as exc:
         raise UsageError(f"cannot read the config file ({exc.strerror})", file=path) from exc
     try:
@@ -90,6 +100,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise UsageError(f"not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: "
                          f"{str(exc).splitlines()[0]}", file=path) from exc
+    except RecursionError as exc:
+        raise UsageError("the config file is nested too deeply", file=path) from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -106,7 +118,12 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
         raise UsageError(f"field '{name}' must not be empty")
     if is_list:
         items = value if isinstance(value, (list, tuple)) else [value]
+        if len(items) > MAX_LIST_ITEMS:
+            raise UsageError(f"field '{name}' holds {len(items)} values, more than {MAX_LIST_ITEMS}")
         return [_coerce(name, v, elem) for v in items]
+    if isinstance(value, (list, tuple, dict)):  # also keeps YAML alias bombs from being expanded by str()
+        raise UsageError(f"field '{name}' must be one {getattr(elem, '__name__', elem)}, got a "
+                         f"{type(value).__name__}")
     try:
         if elem is bool:
             if isinstance(value, str):
@@ -117,7 +134,7 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
         if elem is int and isinstance(value, float) and not value.is_integer():
             raise ValueError(value)
         return elem(value) if elem in (int, float, str) else value
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise UsageError(f"field '{name}' must be {getattr(elem, '__name__', elem)}, got {value!r}") from exc
 
 
@@ -134,6 +151,10 @@ def build_config(cls: type[C], cli_values: dict[str, Any], config_file: str | Pa
                              file=config_file)
         values.update({k: _coerce(k, v, hints[k]) for k, v in from_file.items()})
     values.update({k: v for k, v in cli_values.items() if k in names})
+    for key, value in values.items():
+        numbers = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+            raise UsageError(f"field '{key}' must be a finite number, got {value!r}")
     try:
         return cls(**values)
     except TypeError as exc:
@@ -164,7 +185,9 @@ def check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
 
 def check_range(name: str, value: float, low: float | None = None, high: float | None = None) -> None:
     """Raise a one-line :class:`UsageError` unless ``low <= value <= high``."""
-    if (low is not None and value < low) or (high is not None and value > high):
+    if isinstance(value, float) and not math.isfinite(value) and not (low is None and high is None):
+        raise UsageError(f"field '{name}' must be a finite number, got {value!r}")
+    if (low is not None and not value >= low) or (high is not None and not value <= high):
         bounds = f"{'' if low is None else f'>= {low}'}{' and ' if low is not None and high is not None else ''}" \
                  f"{'' if high is None else f'<= {high}'}"
         raise UsageError(f"field '{name}' must be {bounds}, got {value!r}")

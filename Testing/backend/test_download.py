@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from voco_backend.cancel import CancelToken
-from voco_backend.download import CHUNK_BYTES, download, part_path
+from voco_backend.download import download, part_path
 from voco_backend.errors import Cancelled, DataError, UsageError
 from voco_backend.networks import SwinEncoder, build_swinunetr
 from voco_backend.protocol import Reporter
@@ -174,9 +174,9 @@ def test_cancel_keeps_the_part_file_for_a_resume(server, payload, tmp_path):
     checksum = ("md5", hashlib.md5(payload).hexdigest())
 
     with pytest.raises(Cancelled):
-        download(f"{base}/tiny.pt", dest, checksum, reporter, CancelAfter(checks=2))
+        download(f"{base}/tiny.pt", dest, checksum, reporter, CancelAfter(checks=3))
     kept = part_path(dest).stat().st_size
-    assert kept == 2 * CHUNK_BYTES < len(payload)
+    assert 0 < kept < len(payload)
 
     download(f"{base}/tiny.pt", dest, checksum, reporter, CancelToken())
     assert state.range_headers[-1] == f"bytes={kept}-"

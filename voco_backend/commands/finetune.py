@@ -20,6 +20,7 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from voco_backend.atomic import remove_orphans
 from voco_backend.cancel import CancelToken
 from voco_backend.config import check_choice, check_range, field
 from voco_backend.cpu_memory import ALLOCATOR_HELP, CPU_ALLOCATORS
@@ -263,6 +264,7 @@ def run(config: FinetuneConfig, reporter: Reporter, cancel: CancelToken) -> None
         mirror_left_right=config.mirror_left_right,
     )
     folder.mkdir(parents=True, exist_ok=True)
+    remove_orphans(folder)  # temporary files of a killed run
     tuner = FineTuner(model, info, folder, schedule, device, train_cases, val_cases)
     if config.resume:
         tuner.resume()

@@ -10,11 +10,14 @@ import torch
 from monai.data import MetaTensor
 
 from voco_backend.atomic import atomic_path
+from voco_backend.data.integrity import check_image_file
 from voco_backend.errors import DataError
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 # ITK/SimpleITK store LPS physical coordinates; MONAI affines are RAS.
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+DIRECTION_ATOL = 1e-4
+SLICE_RTOL = 0.05
 
 
 def has_image_suffix(path: Path) -> bool:
@@ -45,8 +48,11 @@ def read_image(path: str | Path) -> sitk.Image:
                 raise DataError("folder holds no DICOM series", file=path)
             reader = sitk.ImageSeriesReader()
             reader.SetFileNames(files)
+            reader.MetaDataDictionaryArrayUpdateOn()
             image = reader.Execute()
+            check_slice_positions(reader, image, path)
         else:
+            check_image_file(path)
             image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         detail = str(exc).strip().splitlines()
@@ -58,7 +64,60 @@ def read_image(path: str | Path) -> sitk.Image:
         raise DataError(f"expected one channel, got {image.GetNumberOfComponentsPerPixel()}", file=path)
     if min(image.GetSize()) < 2:
         raise DataError(f"image is degenerate (size {image.GetSize()})", file=path)
+    check_geometry(image, path)
+    if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+        array = sitk.GetArrayViewFromImage(image)
+        if not np.isfinite(array).all():
+            raise DataError(f"image holds {int(np.count_nonzero(~np.isfinite(array)))} NaN or infinite voxels; "
+                            "replace them (e.g. with the air value) first", file=path)
     return image
+
+
+def check_geometry(image: sitk.Image, path: str | Path) -> None:
+    """Refuse a grid that cannot be kept exactly: non-finite or non-positive spacing, a non-finite origin, or a
+    direction that is not a rotation/reflection (sheared or scaled axes, which an output would not reproduce)."""
+    spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
+    origin = np.asarray(image.GetOrigin(), dtype=np.float64)
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise DataError(f"spacing {tuple(spacing.tolist())} must be finite and positive", file=path)
+    if not np.all(np.isfinite(origin)):
+        raise DataError(f"origin {tuple(origin.tolist())} is not finite; fix the image header", file=path)
+    if not np.all(np.isfinite(direction)) or not np.allclose(direction @ direction.T, np.eye(3), atol=DIRECTION_ATOL):
+        raise DataError(
+            f"direction {tuple(np.round(direction, 6).flatten().tolist())} is not orthonormal (sheared or scaled "
+            "axes); resample the image onto an orthonormal grid first",
+            file=path,
+        )
+
+
+def check_slice_positions(reader: sitk.ImageSeriesReader, image: sitk.Image, path: Path) -> None:
+    """Refuse a DICOM series whose slices are not evenly spaced (missing, duplicate or irregular slices).
+
+    ITK stacks the slices on a uniform grid whatever their true positions, and only says so on stderr.
+    """
+    count = len(reader.GetFileNames())
+    if count < 2:
+        return
+    normal = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)[:, 2]
+    positions = []
+    for i in range(count):
+        if not reader.HasMetaDataKey(i, "0020|0032"):
+            return  # no positions to check (not a CT series as the scanner writes them)
+        try:
+            positions.append(float(np.dot([float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")], normal)))
+        except ValueError:
+            raise DataError(f"slice {i + 1} has an unreadable Image Position (Patient)", file=path) from None
+    gaps = np.abs(np.diff(np.sort(positions)))
+    step = float(np.median(gaps))
+    if step <= 0 or np.any(np.abs(gaps - step) > SLICE_RTOL * step):
+        worst = int(np.argmax(np.abs(gaps - step)))
+        raise DataError(
+            f"slices are not evenly spaced: {gaps[worst]:.4g} mm between slices {worst + 1} and {worst + 2} against "
+            f"{step:.4g} mm elsewhere (missing, duplicate or irregular slices); export the complete series or "
+            "resample it to a volume first",
+            file=path,
+        )
 
 
 def write_image(image: sitk.Image, path: str | Path, compress: bool = True) -> None:

@@ -11,7 +11,7 @@ import yaml
 from monai.optimizers import WarmupCosineSchedule
 from torch.nn.parallel import DistributedDataParallel
 
-from voco_backend.atomic import write_text_atomic
+from voco_backend.atomic import remove_orphans, write_text_atomic
 from voco_backend.cache import cache_dir
 from voco_backend.cancel import CancelToken
 from voco_backend.config import to_dict
@@ -146,6 +146,8 @@ def _train(config: PretrainConfig, ctx: DistContext, reporter: Reporter, cancel:
     _check_run_dir(config, run_dir)
     volumes, valid = _prepare_data(config, ctx, reporter, cancel)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if ctx.is_main:
+        remove_orphans(run_dir)  # temporary files of a killed run
     grid = config.crop_grid()
     resumed = load_checkpoint(run_dir / LAST) if config.resume else None
     if resumed is not None and "merge_order" not in resumed.get("config", {}):

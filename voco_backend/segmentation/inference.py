@@ -26,6 +26,7 @@ from voco_backend.cancel import CancelToken
 from voco_backend.data.io import from_array
 from voco_backend.errors import DataError
 from voco_backend.networks import build_swinunetr
+from voco_backend.segmentation.labels import label_pixel_type
 from voco_backend.segmentation.model_folder import ModelInfo
 from voco_backend.segmentation.preprocess import preprocess
 
@@ -132,7 +133,7 @@ def restore_to_grid(
         values: the label value written for each channel (``values[0]`` is 0).
         interpolation: ``linear`` (per-class probabilities) or ``nearest`` (the argmax label map).
     """
-    dtype, pixel = (np.uint8, sitk.sitkUInt8) if max(values) < 256 else (np.uint16, sitk.sitkUInt16)
+    dtype, pixel = label_pixel_type(max(values))
     if interpolation == "nearest":
         argmax = np.asarray(values, dtype=dtype)[probabilities.argmax(0).numpy()]
         moving = from_array(argmax, affine, pixel)

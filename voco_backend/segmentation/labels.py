@@ -34,6 +34,7 @@ PALETTE: tuple[tuple[float, float, float], ...] = (
     (0.902, 0.863, 0.275),
 )
 SPACING_RTOL = 1e-3
+MAX_LABEL_VALUE = 2**31 - 1  # labels are resampled as int32; larger values are refused, never wrapped
 VOXEL_ATOL = 0.05
 
 
@@ -78,6 +79,8 @@ def parse_classes(specs: Sequence[str]) -> list[SegmentClass]:
         name, sep, value = spec.rpartition("=")
         if not sep or not name or not value.strip().isdigit() or int(value) <= 0:
             raise UsageError(f"field 'classes' entries must look like name=value with value > 0, got {spec!r}")
+        if int(value) > MAX_LABEL_VALUE:
+            raise UsageError(f"field 'classes' value {int(value)} is above the largest class value {MAX_LABEL_VALUE}")
         classes.append(SegmentClass(name.strip(), int(value), default_color(i)))
     values = [c.value for c in classes]
     if len(set(values)) != len(values):
@@ -235,12 +238,52 @@ def _fmt(values: Sequence[float]) -> str:
 def label_on_image_grid(label: sitk.Image, image: sitk.Image, label_path: str | Path) -> sitk.Image:
     """Check ``label`` against ``image`` (:func:`check_same_space`) and return it on the image's exact grid."""
     check_same_space(label, image, label_path)
-    array = sitk.GetArrayViewFromImage(label)
-    if np.issubdtype(array.dtype, np.floating) and not np.array_equal(array, np.round(array)):
-        raise DataError("label holds non-integer values; a label map must hold integer class values", file=label_path)
+    check_label_range(sitk.GetArrayViewFromImage(label), label_path)
     return sitk.Resample(
         sitk.Cast(label, sitk.sitkInt32), image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkInt32
     )
+
+
+def label_pixel_type(max_value: int) -> tuple[type, int]:
+    """The narrowest unsigned (numpy dtype, SimpleITK pixel type) that holds label values up to ``max_value``."""
+    if max_value < 2**8:
+        return np.uint8, sitk.sitkUInt8
+    if max_value < 2**16:
+        return np.uint16, sitk.sitkUInt16
+    if max_value <= MAX_LABEL_VALUE:
+        return np.uint32, sitk.sitkUInt32
+    raise DataError(f"class value {max_value} is above the largest class value {MAX_LABEL_VALUE}")
+
+
+def check_label_range(array: np.ndarray, label_path: str | Path) -> None:
+    """Refuse values that an int32 label cannot hold, before any cast, naming the true value.
+
+    Checked on the file's own dtype: a cast first would wrap 2**32 + 1 to 1 and train it as class 1.
+    """
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.all(np.isfinite(array)):
+            raise DataError("label holds NaN or infinite values; a label map must hold integer class values",
+                            file=label_path)
+        if not np.array_equal(array, np.round(array)):
+            raise DataError("label holds non-integer values; a label map must hold integer class values",
+                            file=label_path)
+    elif not np.issubdtype(array.dtype, np.integer) and array.dtype != np.bool_:
+        raise DataError(f"label has pixel type {array.dtype}; a label map must hold integer class values",
+                        file=label_path)
+    if array.size == 0:
+        return
+    low, high = array.min(), array.max()
+    if low < 0:
+        raise DataError(f"label holds the negative value {_exact(low)}; class values are >= 0", file=label_path)
+    if high > MAX_LABEL_VALUE:
+        raise DataError(f"label holds the value {_exact(high)}, above the largest class value {MAX_LABEL_VALUE}",
+                        file=label_path)
+
+
+def _exact(value: np.generic) -> str:
+    """A label value as written in the file (an integer when it is one, without wrap-around)."""
+    number = value.item()
+    return str(int(number)) if isinstance(number, float) and number.is_integer() else str(number)
 
 
 def to_class_indices(label: np.ndarray, classes: Sequence[SegmentClass], label_path: str | Path) -> np.ndarray:

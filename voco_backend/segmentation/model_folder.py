@@ -110,6 +110,10 @@ class ModelInfo:
                     "MONAI 1.5's PatchMerging order it was trained in (not the official VoCo network)"
                 )
             feature_size_of(info.model_size)
+            if len(info.roi) != 3 or any(r < 32 or r % 32 or r > 1024 for r in info.roi):
+                raise ValueError(f"roi {list(info.roi)} must be 3 multiples of 32 between 32 and 1024")
+            if any(not 0 < c.value < 2**31 for c in info.classes):
+                raise ValueError("class values must lie in 1 .. 2**31-1")
         except (AttributeError, KeyError, TypeError, ValueError, UsageError) as exc:
             raise DataError(f"not a valid model description ({type(exc).__name__}: {exc})", file=source) from exc
         return info
@@ -132,8 +136,10 @@ def read_model_info(folder: Path) -> ModelInfo:
             )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"cannot read the model description ({exc})", file=path) from exc
+    except RecursionError as exc:
+        raise DataError("cannot read the model description (nested too deeply)", file=path) from exc
     return ModelInfo.from_json(data, path)
 
 
