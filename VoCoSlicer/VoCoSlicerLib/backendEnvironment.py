@@ -45,12 +45,14 @@ def _requirementName(requirement: str) -> str:
 
 
 def backendRequirements(pyproject: Path | None = None) -> list[str]:
-    """The backend's dependencies (``[project] dependencies`` of its ``pyproject.toml``), torch included."""
+    """The backend's dependencies with its ``train`` extra (the module pretrains too), torch included, from the
+    ``pyproject.toml`` shipped with the backend."""
     import tomllib
 
     path = pyproject or backendDirectory() / "pyproject.toml"
     with open(path, "rb") as stream:
-        return list(tomllib.load(stream)["project"]["dependencies"])
+        project = tomllib.load(stream)["project"]
+    return [*project["dependencies"], *project.get("optional-dependencies", {}).get("train", [])]
 
 
 def pipRequirements(requirements: list[str]) -> list[str]:
