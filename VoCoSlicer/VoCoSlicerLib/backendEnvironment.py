@@ -94,9 +94,7 @@ def _launcherFreeEnvironment() -> dict[str, str]:
     return dict(os.environ)
 
 
-def childEnvironment(
-    external: bool, backendDir: Path, base: Mapping[str, str] | None = None
-) -> dict[str, str]:
+def childEnvironment(external: bool, backendDir: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of a backend process.
 
     Args:
