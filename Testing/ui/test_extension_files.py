@@ -75,3 +75,20 @@ def test_the_extension_installs_the_backend_beside_the_module(tmp_path):
     )
     assert check.returncode == 0, check.stderr
     assert check.stdout.strip().startswith(str(backend))
+
+
+def test_extensions_index_entry_matches_the_cmake_metadata():
+    import json
+
+    entry = json.loads((REPO / "VoCoSlicer.json").read_text())
+    assert entry["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.1.json#")
+    assert set(entry) == {"$schema", "build_dependencies", "build_subdirectory", "category", "scm_revision",
+                          "scm_url", "tier"}
+    text = (REPO / "CMakeLists.txt").read_text()
+    depends = re.search(r'set\(EXTENSION_DEPENDS "([^"]+)"\)', text).group(1).split()
+    assert entry["build_dependencies"] == depends == ["PyTorch"]
+    assert entry["category"] == re.search(r'set\(EXTENSION_CATEGORY "([^"]+)"\)', text).group(1)
+    contributors = re.search(r'set\(EXTENSION_CONTRIBUTORS "([^"]+)"\)', text).group(1)
+    assert all(re.fullmatch(r"[^()]+ \([^()]+\)", c.strip()) for c in contributors.split(",")), "Name (Org)"
+    assert "Apache License" in (REPO / "LICENSE").read_text()[:200]
+    assert "5.10" in re.search(r'set\(EXTENSION_DESCRIPTION "([^"]+)"\)', text).group(1)
