@@ -65,6 +65,7 @@ class VoCoSlicerParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     model: str
     outputSegmentation: vtkMRMLSegmentationNode
+    show3D: bool = False
     finetuneInit: str = "none"
     finetuneOutputFolder: Path
     finetuneSteps: Annotated[int, WithinRange(1, 100000)] = 200
@@ -411,9 +412,11 @@ class VoCoSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(outcome.message)
 
     def onSegmented(self, outcome: RunOutcome) -> None:
-        """Select the result and show it over the volume."""
+        """Select the result and show it over the volume (and in 3D when *Show 3D* is checked)."""
         parameters = self._parameters()
         parameters.outputSegmentation = outcome.output
+        if parameters.show3D:
+            outcome.output.CreateClosedSurfaceRepresentation()
         slicer.util.setSliceViewerLayers(background=parameters.inputVolume)
 
     def onFinetuned(self, outcome: RunOutcome) -> None:

@@ -114,6 +114,8 @@ def test_widget_setup_enter_exit_and_a_run_that_ends_after_exit(module, ctVolume
     ui.modelComboBox.setCurrentIndex(ui.modelComboBox.findText("VoComni_B"))
     assert widget._parameterNode.model == "VoComni_B"  # synced by hand
     assert ui.segmentButton.enabled
+    ui.show3DCheckBox.checked = True
+    assert widget._parameterNode.show3D
     ui.segmentButton.click()
     assert ui.segmentButton.text == "Cancel" and not ui.finetuneButton.enabled
     widget.exit()  # the user leaves the module while the run works
@@ -122,6 +124,7 @@ def test_widget_setup_enter_exit_and_a_run_that_ends_after_exit(module, ctVolume
     assert module.app.errors == []
     result = widget.logic.getParameterNode().outputSegmentation
     assert result is not None and result.GetSegmentation().GetNumberOfSegments() == 2
+    assert result.GetSegmentation().ContainsRepresentation("Closed surface")  # Show 3D
     widget.enter()
     assert ui.segmentButton.text == "Segment" and ui.segmentButton.enabled
     widget.cleanup()
