@@ -449,7 +449,8 @@ class VoCoSlicerTest(ScriptedLoadableModuleTest):
         exportVolume(volumeNode, labelPath)
         labelNode = slicer.util.loadLabelVolume(labelPath)
         voxels = slicer.util.arrayFromVolume(volumeNode)
-        slicer.util.updateVolumeFromArray(labelNode, np.where(voxels > 300, 3, np.where(voxels < -500, 5, 0)))
+        labels = np.where(voxels > 300, 3, np.where(voxels < -500, 5, 0)).astype(np.int16)  # Slicer rejects int64
+        slicer.util.updateVolumeFromArray(labelNode, labels)
         slicer.util.saveNode(labelNode, labelPath)
         slicer.mrmlScene.RemoveNode(labelNode)
         classes = [LabelClass("bone", 3, (1.0, 1.0, 0.8)), LabelClass("air", 5, (0.2, 0.6, 1.0))]

@@ -18,6 +18,7 @@ import contextlib
 import importlib.util
 import inspect
 import sys
+import tempfile
 import types
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
@@ -513,6 +514,24 @@ def _parentWidget(element: ET.Element, child: ET.Element) -> bool:
     return child in list(walk(element))
 
 
+def _loadLabelVolume(path: str) -> Any:
+    """``slicer.util.loadLabelVolume`` without Slicer's IO manager: a label map node read by its storage node."""
+    node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", Path(path).name.split(".")[0])
+    storageNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storageNode.SetFileName(str(path))
+    if not storageNode.ReadData(node):
+        raise RuntimeError(f"cannot load {path}")
+    node.SetAndObserveStorageNodeID(storageNode.GetID())
+    return node
+
+
+def _saveNode(node: Any, path: str, *args: Any) -> bool:
+    """``slicer.util.saveNode`` without Slicer's IO manager: the node's own storage node writes it."""
+    storageNode = node.GetStorageNode() or node.CreateDefaultStorageNode()
+    storageNode.SetFileName(str(path))
+    return bool(storageNode.WriteData(node))
+
+
 def childWidgetVariables(widget: QWidget) -> types.SimpleNamespace:
     return types.SimpleNamespace(**{w.objectName: w for w in widget.findChildren(QWidget) if w.objectName})
 
@@ -542,6 +561,7 @@ def slicerApplication(
     savedSlicer = dict(slicer.__dict__)
     savedSlicerModules = {name: m for name, m in sys.modules.items() if name.startswith("slicer.")}
     errors: list[str] = []
+    messages: list[str] = []
     try:
         sys.modules["qt"] = _namespace("qt", QT_CLASSES)
         sys.modules["qt"].Qt = types.SimpleNamespace(ToolTipRole=3, WaitCursor=3)
@@ -561,6 +581,10 @@ def slicerApplication(
             "mainWindow": lambda: None,
             "setSliceViewerLayers": lambda **kwargs: None,
             "WaitCursor": contextlib.nullcontext,
+            "delayDisplay": lambda message, *args, **kwargs: messages.append(str(message)),
+            "tempDirectory": lambda *args, **kwargs: tempfile.mkdtemp(prefix="VoCoSlicerSelfTest-"),
+            "loadLabelVolume": _loadLabelVolume,
+            "saveNode": _saveNode,
         }
         savedUtil = {name: getattr(util, name, None) for name in patches}
         for name, value in patches.items():
@@ -570,7 +594,7 @@ def slicerApplication(
                 _loadSlicerFile(version, name)
             _loadSlicerFile(version, "parameterNodeWrapper", package=True)
             _loadSlicerFile(version, "ScriptedLoadableModule")
-            yield types.SimpleNamespace(qt=sys.modules["qt"], ctk=sys.modules["ctk"], errors=errors)
+            yield types.SimpleNamespace(qt=sys.modules["qt"], ctk=sys.modules["ctk"], errors=errors, messages=messages)
         finally:
             for name, value in savedUtil.items():
                 setattr(util, name, value)

@@ -210,3 +210,20 @@ def test_external_python_runs_the_backend_from_a_slicer_like_environment(module,
     assert environment.isInstalled()
     names = [entry.name for entry in module.VoCoSlicerLogic(environment).catalogue.list()]
     assert "VoComni_B" in names
+
+
+def test_module_self_test_body_runs_headlessly(module, slicerApp, scene, chestCtFiles, monkeypatch) -> None:
+    from conftest import loadVolume
+
+    # Stand-in for Slicer's SampleData module: its CTChest is the same slicerio chest CT, from ../shared/data.
+    sampleData = types.ModuleType("SampleData")
+    sampleData.downloadSample = lambda name: loadVolume(scene, chestCtFiles["ct"])
+    monkeypatch.setitem(sys.modules, "SampleData", sampleData)
+    # slicer.modules.segmentations: slicer-core's real Segmentations logic of the session's application logic.
+    slicer.modules.segmentations = types.SimpleNamespace(logic=lambda: slicerApp.GetModuleLogic("Segmentations"))
+    selfTest = module.VoCoSlicerTest()
+    selfTest.runTest()
+    assert module.app.messages == [
+        "Result import keeps names, label values and geometry",
+        "Backend lists the model catalogue",
+    ]
