@@ -5,10 +5,10 @@ PY := $(VENV)/bin/python
 
 .PHONY: demo test install lint
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e ".[test]"
+	$(PY) -m pip install -c constraints.txt -e ".[train,test]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -14,7 +14,8 @@ import qt
 import slicer
 import vtk
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
-from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+from slicer.i18n import tr as _
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -22,7 +23,9 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
-from VoCoSlicerLib import BackendEnvironment, RunOutcome, VoCoSlicerLogic
+from VoCoSlicerLib import BackendEnvironment, RunOutcome
+from VoCoSlicerLib import VoCoSlicerLogic as BackendLogic
+from VoCoSlicerLib.backendEnvironment import checkPythonVersion
 from VoCoSlicerLib.backendRunner import describeProgress
 from VoCoSlicerLib.logic import referenceVolumes
 from VoCoSlicerLib.parameters import DEVICES, MODEL_SIZES
@@ -35,10 +38,10 @@ class VoCoSlicer(ScriptedLoadableModule):
 
     def __init__(self, parent: Any) -> None:
         super().__init__(parent)
-        self.parent.title = "VoCoSlicer"
-        self.parent.categories = ["Segmentation"]
+        self.parent.title = _("VoCoSlicer")
+        self.parent.categories = [_("Segmentation")]
         self.parent.dependencies = []
-        self.parent.contributors = ["VoCoSlicer contributors"]
+        self.parent.contributors = ["VoCoSlicer contributors (VoCoSlicer project)"]
         self.parent.helpText = (
             "Segment CT with VoCo-pretrained SwinUNETR models, fine-tune a model on a handful of cases corrected "
             "in the Segment Editor, and pretrain your own encoder. Every run is a separate process that can be "
@@ -52,23 +55,42 @@ class VoCoSlicer(ScriptedLoadableModule):
 
 @parameterNodeWrapper
 class VoCoSlicerParameterNode:
-    """The panels' settings, saved with the scene; each is bound to the widget whose SlicerParameterName it is."""
+    """The panels' settings, saved with the scene; each is bound to the widget whose SlicerParameterName it is,
+    except ``model`` and ``finetuneInit``: their combo boxes list the models found at run time, which Slicer's
+    combo-box connector (a fixed ``Choice`` list) cannot bind; the widget syncs them by hand.
+
+    The ranges are the ``.ui``'s (an unannotated ``int`` would reset a spin box to the full int range).
+    """
 
     inputVolume: vtkMRMLScalarVolumeNode
     model: str
     outputSegmentation: vtkMRMLSegmentationNode
+    show3D: bool = False
     finetuneInit: str = "none"
     finetuneOutputFolder: Path
-    finetuneSteps: int = 200
+    finetuneSteps: Annotated[int, WithinRange(1, 100000)] = 200
     finetuneModelSize: Annotated[str, Choice(list(MODEL_SIZES))] = "B"
-    finetuneRoi: int = 96
+    finetuneRoi: Annotated[int, WithinRange(64, 256)] = 96
+    finetuneMaxMinutes: Annotated[float, WithinRange(0.0, 10080.0)] = 0.0
     pretrainData: Path
     pretrainOutputFolder: Path
-    pretrainSteps: int = 1000
+    pretrainSteps: Annotated[int, WithinRange(1, 10000000)] = 1000
     pretrainModelSize: Annotated[str, Choice(list(MODEL_SIZES))] = "B"
     pretrainResume: bool = False
     pythonExecutable: Path
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
+
+
+class VoCoSlicerLogic(BackendLogic, ScriptedLoadableModuleLogic):
+    """The module's logic: Slicer files its parameter node under "VoCoSlicer"; the runs are VoCoSlicerLib's."""
+
+    def __init__(self, environment: BackendEnvironment | None = None, runner: Any = None) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        BackendLogic.__init__(self, environment, runner)
+
+    def getParameterNode(self) -> VoCoSlicerParameterNode:
+        """The scene's parameter node of this module, wrapped."""
+        return VoCoSlicerParameterNode(super().getParameterNode())
 
 
 def _chosenPath(path: Path | None) -> str:
@@ -92,6 +114,11 @@ class VoCoSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setup(self) -> None:
         """Load the panels and connect them."""
         ScriptedLoadableModuleWidget.setup(self)
+        try:
+            checkPythonVersion()
+        except RuntimeError as exc:  # Slicer 5.8 and older: say what to do instead of failing on newer syntax
+            self.layout.addWidget(qt.QLabel(str(exc)))
+            return
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/VoCoSlicer.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
@@ -111,6 +138,11 @@ class VoCoSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.addModelFolderButton.connect("clicked(bool)", self.onAddModelFolder)
         self.ui.installBackendButton.connect("clicked(bool)", self.onInstallBackend)
         self.ui.trainingSegmentationsSelector.connect("checkedNodesChanged()", self.updateButtons)
+        # Not bound through SlicerParameterName (their items change at run time): synced by hand.
+        self.ui.modelComboBox.connect("currentTextChanged(QString)", lambda text: self._setParameter("model", text))
+        self.ui.finetuneInitComboBox.connect(
+            "currentTextChanged(QString)", lambda text: self._setParameter("finetuneInit", text)
+        )
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.initializeParameterNode()
@@ -121,6 +153,7 @@ class VoCoSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Stop observing (and cancel a run) when the module is closed."""
         if self._run is not None:
             self._run.cancel()
+        self.setParameterNode(None)
         self.removeObservers()
 
     def enter(self) -> None:
@@ -142,7 +175,7 @@ class VoCoSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def initializeParameterNode(self) -> None:
         """Bind to the scene's parameter node, selecting the first volume if none is chosen."""
-        self.setParameterNode(VoCoSlicerParameterNode(ScriptedLoadableModuleLogic().getParameterNode()))
+        self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
             self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
 
@@ -157,10 +190,32 @@ class VoCoSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
             self.updateButtons()
 
+    def _parameters(self) -> VoCoSlicerParameterNode:
+        """The bound parameter node, or the scene's when the module is not shown (a run that ends after exit)."""
+        return self._parameterNode or self.logic.getParameterNode()
+
+    def _setParameter(self, name: str, value: str) -> None:
+        if self._parameterNode is not None and getattr(self._parameterNode, name) != value:
+            setattr(self._parameterNode, name, value)
+
+    def _showModelParameters(self) -> None:
+        """Show ``model`` and ``finetuneInit`` in their combo boxes (an entry not listed yet is added)."""
+        for comboBox, value in (
+            (self.ui.modelComboBox, self._parameterNode.model),
+            (self.ui.finetuneInitComboBox, self._parameterNode.finetuneInit),
+        ):
+            if value and comboBox.currentText != value:
+                if comboBox.findText(value) < 0:
+                    comboBox.addItem(value)
+                comboBox.setCurrentIndex(comboBox.findText(value))
+
     def updateButtons(self, caller: Any = None, event: Any = None) -> None:
         """Enable each run button when its panel has what it needs (all disabled but Cancel while running)."""
         parameters = self._parameterNode
-        if parameters is None or self._run is not None:
+        if parameters is None:
+            return
+        self._showModelParameters()
+        if self._run is not None:
             return
         self.ui.segmentButton.enabled = bool(parameters.inputVolume and parameters.model)
         self.ui.finetuneButton.enabled = bool(
@@ -199,7 +254,8 @@ class VoCoSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """List the segmentation models and the fine-tuning starting points."""
         with slicer.util.tryWithErrorDisplay("Listing the models failed.", waitCursor=True):
             entries = self._logicForSettings().catalogue.list()
-            selected, init = self._parameterNode.model, self._parameterNode.finetuneInit
+            parameters = self._parameters()
+            selected, init = parameters.model, parameters.finetuneInit
             self.ui.modelComboBox.clear()
             self.ui.finetuneInitComboBox.clear()
             self.ui.finetuneInitComboBox.addItem("none")
@@ -213,8 +269,10 @@ class VoCoSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                         qt.Qt.ToolTipRole,
                     )
                 self.ui.finetuneInitComboBox.addItem(entry.name)
-            self._parameterNode.model = selected or self.ui.modelComboBox.currentText
-            self._parameterNode.finetuneInit = init
+            parameters.model = selected or self.ui.modelComboBox.currentText
+            parameters.finetuneInit = init or "none"
+            if self._parameterNode is not None:
+                self._showModelParameters()
 
     def onAddModelFolder(self) -> None:
         """Register a model folder chosen by the user and select it."""
@@ -224,7 +282,7 @@ class VoCoSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay("Adding the model folder failed.", waitCursor=True):
             entry = self._logicForSettings().catalogue.register(folder)
             self.refreshModels()
-            self._parameterNode.model = entry.name
+            self._parameters().model = entry.name
 
     def onRunButton(self, button: qt.QPushButton, start: Any) -> None:
         """Start the panel's run, or cancel the run this button started."""
@@ -270,12 +328,10 @@ class VoCoSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Fine-tune on the checked segmentations, each with the volume it was drawn on."""
         parameters = self._parameterNode
         segmentationNodes = self.ui.trainingSegmentationsSelector.checkedNodes()
-        volumeNodes = referenceVolumes(segmentationNodes)
-        if None in volumeNodes:
-            raise ValueError(
-                "a checked segmentation has no reference volume; set it in the Segment Editor "
-                "(Specify geometry) and try again"
-            )
+        volumeNodes = [
+            volumeNode or self.askReferenceVolume(segmentationNode)
+            for segmentationNode, volumeNode in zip(segmentationNodes, referenceVolumes(segmentationNodes), strict=True)
+        ]
         return self.logic.finetune(
             volumeNodes,
             segmentationNodes,
@@ -284,6 +340,7 @@ class VoCoSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             steps=parameters.finetuneSteps,
             modelSize=parameters.finetuneModelSize,
             roi=parameters.finetuneRoi,
+            maxMinutes=parameters.finetuneMaxMinutes,
             device=parameters.device,
             **self._callbacks(self.onFinetuned),
         )
@@ -303,10 +360,36 @@ class VoCoSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def startFetch(self) -> Any:
         """Download the chosen catalogue model."""
-        return self.logic.catalogue.fetch(
+        return self.logic.fetch(
             self._parameterNode.model,
+            waitForCompletion=False,
             onProgress=self.onProgress,
-            onFinished=lambda outcome: self.onFinished(outcome, self.refreshModels),
+            onLog=self.ui.logTextEdit.appendPlainText,
+            onFinished=lambda outcome: self.onFinished(outcome, lambda outcome: self.refreshModels()),
+        )
+
+    def askReferenceVolume(self, segmentationNode: vtkMRMLSegmentationNode) -> vtkMRMLScalarVolumeNode:
+        """Let the user pick the volume a segmentation was drawn on (none could be told from the scene)."""
+        volumes = [
+            node
+            for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+            if not node.IsA("vtkMRMLLabelMapVolumeNode")
+        ]
+        names = [node.GetName() for node in volumes]
+        if names:
+            name = qt.QInputDialog.getItem(
+                slicer.util.mainWindow(),
+                _("Volume of the segmentation"),
+                _("Segmentation '{name}': which volume was it drawn on?").format(name=segmentationNode.GetName()),
+                names,
+                0,
+                False,
+            )
+            if name in names:
+                return volumes[names.index(name)]
+        raise ValueError(
+            f"segmentation '{segmentationNode.GetName()}' has no volume; choose it as source volume in the "
+            "Segment Editor and try again"
         )
 
     def onProgress(self, event: dict[str, Any]) -> None:
@@ -329,14 +412,17 @@ class VoCoSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(outcome.message)
 
     def onSegmented(self, outcome: RunOutcome) -> None:
-        """Select the result and show it over the volume."""
-        self._parameterNode.outputSegmentation = outcome.output
-        slicer.util.setSliceViewerLayers(background=self._parameterNode.inputVolume)
+        """Select the result and show it over the volume (and in 3D when *Show 3D* is checked)."""
+        parameters = self._parameters()
+        parameters.outputSegmentation = outcome.output
+        if parameters.show3D:
+            outcome.output.CreateClosedSurfaceRepresentation()
+        slicer.util.setSliceViewerLayers(background=parameters.inputVolume)
 
     def onFinetuned(self, outcome: RunOutcome) -> None:
         """Offer the new model for segmentation."""
         self.refreshModels()
-        self._parameterNode.model = Path(outcome.output).name
+        self._parameters().model = Path(outcome.output).name
         self.ui.statusLabel.text = f"Done: the model is in {outcome.output} and selected in the Segment panel."
 
 
@@ -363,7 +449,8 @@ class VoCoSlicerTest(ScriptedLoadableModuleTest):
         exportVolume(volumeNode, labelPath)
         labelNode = slicer.util.loadLabelVolume(labelPath)
         voxels = slicer.util.arrayFromVolume(volumeNode)
-        slicer.util.updateVolumeFromArray(labelNode, np.where(voxels > 300, 3, np.where(voxels < -500, 5, 0)))
+        labels = np.where(voxels > 300, 3, np.where(voxels < -500, 5, 0)).astype(np.int16)  # Slicer rejects int64
+        slicer.util.updateVolumeFromArray(labelNode, labels)
         slicer.util.saveNode(labelNode, labelPath)
         slicer.mrmlScene.RemoveNode(labelNode)
         classes = [LabelClass("bone", 3, (1.0, 1.0, 0.8)), LabelClass("air", 5, (0.2, 0.6, 1.0))]

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Iterator
 from types import FrameType
 
 from voco_backend.errors import Cancelled
+
+# The file whose appearance cancels the run (set by the Slicer module on Windows).
+CANCEL_FILE_VARIABLE = "VOCO_CANCEL_FILE"
 
 
 class CancelToken:
@@ -54,12 +58,24 @@ class CancelToken:
         if self._interruptible:
             raise Cancelled()
 
+    def watch_file(self, path: str, interval: float = 0.5) -> None:
+        """Cancel once ``path`` exists (Windows has no SIGTERM for a windowless child: its parent writes the file)."""
+
+        def watch() -> None:
+            while not self._event.wait(interval):
+                if os.path.exists(path):
+                    self._event.set()
+
+        threading.Thread(target=watch, daemon=True).start()
+
     @contextlib.contextmanager
     def installed(self) -> Iterator[CancelToken]:
         """Route SIGTERM and SIGINT to this token while the block runs (main thread only), then restore."""
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
+        if os.environ.get(CANCEL_FILE_VARIABLE):
+            self.watch_file(os.environ[CANCEL_FILE_VARIABLE])
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             yield self

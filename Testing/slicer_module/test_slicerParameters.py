@@ -132,3 +132,19 @@ def test_invalid_values_fail_with_one_line_naming_the_field(make, field: str) ->
         make()
     assert str(error.value).startswith(field)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(("minutes", "flag"), [(0.0, None), (None, None), (90.0, "90"), (12.5, "12.5")])
+def test_finetune_max_minutes_zero_is_no_limit(minutes: float | None, flag: str | None) -> None:
+    argv = FinetuneParameters(
+        images=("a.nrrd",), labels=("la.nrrd",), outputModelDir="m", colorTable="c.csv", maxMinutes=minutes
+    ).toArgv()
+    if flag is None:
+        assert "--max-minutes" not in argv
+    else:
+        assert argv[argv.index("--max-minutes") + 1] == flag
+
+
+def test_finetune_max_minutes_must_not_be_negative() -> None:
+    with pytest.raises(ParameterError, match=r"^maxMinutes must be 0"):
+        FinetuneParameters(images=("a",), labels=("b",), outputModelDir="m", colorTable="c", maxMinutes=-1)

@@ -77,22 +77,45 @@ def test_every_widget_the_code_uses_is_in_the_ui() -> None:
     assert not missing, f"VoCoSlicer.py uses widgets that the .ui lacks: {missing}"
 
 
+# Lists that change at run time (the models found): Slicer's combo-box connector needs a fixed Choice list, so
+# these are synced by the widget code, never bound through SlicerParameterName.
+HAND_SYNCED = {"model": "modelComboBox", "finetuneInit": "finetuneInitComboBox"}
+WIDGET_FOR_TYPE["float"] = "QDoubleSpinBox"
+
+
 def test_every_parameter_is_bound_to_a_widget_that_can_show_it() -> None:
     fields = parameter_fields()
     bound = bound_widgets()
-    assert set(bound) == set(fields), (
-        f"unbound parameters: {sorted(set(fields) - set(bound))}; bindings without "
-        f"a parameter: {sorted(set(bound) - set(fields))}"
+    assert set(bound) == set(fields) - set(HAND_SYNCED), (
+        f"unbound parameters: {sorted(set(fields) - set(bound) - set(HAND_SYNCED))}; bindings without "
+        f"a parameter: {sorted(set(bound) - set(fields))}; "
+        f"hand-synced but bound: {sorted(set(bound) & set(HAND_SYNCED))}"
     )
-    for name, annotation in fields.items():
-        widget = bound[name]
+    assert {name for name in fields if ast.unparse(fields[name]) == "str"} == set(HAND_SYNCED)
+    assert set(HAND_SYNCED.values()) <= widget_names_used_by_widget_code()
+    for name, widget in bound.items():
+        annotation = fields[name]
         type_name = ast.unparse(annotation)
         if type_name.startswith("vtkMRML"):
             assert widget.get("class") == "qMRMLNodeComboBox", name
             assert widget.findtext("property[@name='nodeTypes']/stringlist/string") == type_name, name
-        else:
-            base_type = type_name.removeprefix("Annotated[").split(",")[0].rstrip("]")
-            assert widget.get("class") == WIDGET_FOR_TYPE[base_type], f"{name}: {type_name} in {widget.get('class')}"
+            continue
+        base_type = type_name.removeprefix("Annotated[").split(",")[0].rstrip("]")
+        assert widget.get("class") == WIDGET_FOR_TYPE[base_type], f"{name}: {type_name} in {widget.get('class')}"
+        if widget.get("class") == "QComboBox":
+            # Slicer's ComboBoxToStringableConnector raises in connectGui without a Choice annotation.
+            assert "Choice(" in type_name, f"{name}: a str bound to a combo box needs Annotated[str, Choice(...)]"
+        if widget.get("class") in ("QSpinBox", "QDoubleSpinBox"):
+            # Without WithinRange Slicer's spin-box connector replaces the .ui's range with the full int range.
+            number = "number" if widget.get("class") == "QSpinBox" else "double"
+            low = widget.findtext(f"property[@name='minimum']/{number}")
+            high = widget.findtext(f"property[@name='maximum']/{number}")
+            assert low is not None and high is not None, f"{name}: the .ui must give the range"
+            calls = [n for n in ast.walk(annotation) if isinstance(n, ast.Call)]
+            ranges = [n for n in calls if ast.unparse(n.func) == "WithinRange"]
+            assert len(ranges) == 1, f"{name}: {type_name} lacks WithinRange"
+            given = [ast.literal_eval(a) for a in ranges[0].args]
+            assert given == [float(low), float(high)], f"{name}: WithinRange{tuple(given)} vs the .ui's {low}..{high}"
 
 
 def test_choice_parameters_offer_exactly_the_backend_choices() -> None:

@@ -10,6 +10,7 @@ where it may safely change the MRML scene.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import os
@@ -17,12 +18,15 @@ import queue
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import IO, Any, Protocol
 
 EXIT_CANCELLED = 130
+CANCEL_FILE_VARIABLE = "VOCO_CANCEL_FILE"  # docs/PROTOCOL.md: the backend cancels once this file exists
 EXIT_MESSAGES = {
     1: "internal error in the backend",
     2: "bad usage or configuration",
@@ -128,17 +132,20 @@ def _sessionOptions() -> dict[str, Any]:
 
 
 def terminateTree(process: subprocess.Popen, force: bool = False) -> None:
-    """Ask (``force``: make) the process and all its descendants stop."""
-    if process.poll() is not None and sys.platform == "win32":
-        return
+    """Ask (``force``: make) the process and all its descendants stop.
+
+    POSIX: SIGTERM (SIGKILL) to the process group. Windows: a windowless child gets no console signal, so the
+    graceful request is the cancel file (:class:`BackendRun`); ``force`` is ``taskkill /F /T`` on the tree.
+    """
     try:
         if sys.platform == "win32":
-            subprocess.run(
-                ["taskkill", "/PID", str(process.pid), "/T", *(["/F"] if force else [])],
-                capture_output=True,
-                check=False,
-                creationflags=subprocess.CREATE_NO_WINDOW,
-            )
+            if force and process.poll() is None:
+                subprocess.run(
+                    ["taskkill", "/PID", str(process.pid), "/T", "/F"],
+                    capture_output=True,
+                    check=False,
+                    creationflags=subprocess.CREATE_NO_WINDOW,
+                )
         else:
             os.killpg(process.pid, signal.SIGKILL if force else signal.SIGTERM)
     except (ProcessLookupError, PermissionError):
@@ -159,6 +166,7 @@ class BackendRun:
         onLog: called with each line for the log (``log`` events and stderr lines).
         onFinished: called once with the :class:`RunOutcome` when the process has ended and its output is read.
         cancelGraceSeconds: after :meth:`cancel`, how long the backend may take to stop before it is killed.
+        cancelFile: the backend's ``VOCO_CANCEL_FILE``: :meth:`cancel` creates it (the graceful cancel on Windows).
     """
 
     def __init__(
@@ -168,8 +176,10 @@ class BackendRun:
         onLog: LogCallback | None = None,
         onFinished: FinishedCallback | None = None,
         cancelGraceSeconds: float = 30.0,
+        cancelFile: str | None = None,
     ) -> None:
         self.process = process
+        self.cancelFile = cancelFile
         self.onProgress = onProgress
         self.onLog = onLog
         self.onFinished = onFinished
@@ -204,6 +214,9 @@ class BackendRun:
         if self.outcome is not None or self._cancelled:
             return
         self._cancelled = True
+        if self.cancelFile:
+            with contextlib.suppress(OSError):
+                open(self.cancelFile, "w").close()
         terminateTree(self.process)
         threading.Thread(target=self._killAfterGrace, daemon=True).start()
 
@@ -256,6 +269,9 @@ class BackendRun:
             self._errorEvent = event
 
     def _finish(self, exitCode: int) -> None:
+        if self.cancelFile:
+            with contextlib.suppress(OSError):
+                os.remove(self.cancelFile)
         message = exitMessage(exitCode, self._errorEvent, list(self._stderrTail), self._cancelled)
         self.outcome = RunOutcome(exitCode=exitCode, message=message, result=self.result)
         if self.onFinished:
@@ -267,7 +283,7 @@ class BackendRunner:
 
     Args:
         command: the argv prefix that runs the backend, e.g. ``[python, "-m", "voco_backend"]``.
-        environment: extra environment variables for the backend (None: inherit Slicer's environment).
+        environment: the backend's whole environment (None: inherit this process's).
         launcher: starts the process (``subprocess.Popen`` or a drop-in for tests).
         cancelGraceSeconds: see :class:`BackendRun`.
     """
@@ -292,7 +308,9 @@ class BackendRunner:
         onFinished: FinishedCallback | None = None,
     ) -> BackendRun:
         """Start ``command + argv``; raises :class:`BackendError` if the process cannot start at all."""
-        env = None if self.environment is None else {**os.environ, **self.environment}
+        env = dict(os.environ if self.environment is None else self.environment)
+        cancelFile = os.path.join(tempfile.gettempdir(), f"VoCoSlicer-cancel-{uuid.uuid4().hex}")
+        env[CANCEL_FILE_VARIABLE] = cancelFile
         args = [*self.command, *argv]
         try:
             process = self.launcher(
@@ -315,7 +333,7 @@ class BackendRunner:
                     f"{exc.strerror or exc}; check the Python path in Settings",
                 )
             ) from exc
-        return BackendRun(process, onProgress, onLog, onFinished, self.cancelGraceSeconds)
+        return BackendRun(process, onProgress, onLog, onFinished, self.cancelGraceSeconds, cancelFile)
 
     def run(
         self,

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import slicer
+import vtk
 
 from VoCoSlicerLib.backendEnvironment import BackendEnvironment
 from VoCoSlicerLib.backendRunner import (
@@ -37,6 +38,7 @@ from VoCoSlicerLib.labelClasses import classesFromResult
 from VoCoSlicerLib.modelCatalogue import ModelCatalogue
 from VoCoSlicerLib.parameters import FinetuneParameters, PretrainParameters, SegmentParameters
 from VoCoSlicerLib.sceneIO import (
+    GEOMETRY_TOLERANCE,
     exportTrainingLabels,
     exportVolume,
     importSegmentation,
@@ -67,9 +69,57 @@ def _pollInBackground(run: BackendRun) -> None:
     qt.QTimer.singleShot(0, tick)
 
 
+def _geometryString(segmentationNode: slicer.vtkMRMLSegmentationNode) -> str:
+    converter = slicer.vtkSegmentationConverter
+    return segmentationNode.GetSegmentation().GetConversionParameter(
+        converter.GetReferenceImageGeometryParameterName()
+    )
+
+
+def _sameGridAsGeometry(volumeNode: slicer.vtkMRMLScalarVolumeNode, geometry: str) -> bool:
+    """Whether a volume lies on the voxel grid a segmentation's reference image geometry string describes."""
+    if not geometry or volumeNode.GetImageData() is None:
+        return False
+    expected = slicer.vtkOrientedImageData()
+    if not slicer.vtkSegmentationConverter.DeserializeImageGeometry(geometry, expected, False):
+        return False
+    matrix, expectedMatrix = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    expected.GetImageToWorldMatrix(expectedMatrix)
+    sameMatrix = all(
+        abs(matrix.GetElement(i, j) - expectedMatrix.GetElement(i, j)) <= GEOMETRY_TOLERANCE
+        for i in range(4)
+        for j in range(4)
+    )
+    return sameMatrix and tuple(expected.GetExtent()) == tuple(volumeNode.GetImageData().GetExtent())
+
+
+def referenceVolume(segmentationNode: slicer.vtkMRMLSegmentationNode) -> slicer.vtkMRMLScalarVolumeNode | None:
+    """The volume a segmentation was drawn on, or None where it cannot be told.
+
+    In order: the segmentation's reference geometry node; the source volume a Segment Editor node pairs with it
+    (choosing the source volume in the Segment Editor does not set the reference of a segmentation loaded from a
+    ``.seg.nrrd``); the one volume of the scene whose grid is the segmentation's reference image geometry.
+    """
+    node = segmentationNode.GetNodeReference(segmentationNode.GetReferenceImageGeometryReferenceRole())
+    if node is not None:
+        return node
+    scene = segmentationNode.GetScene()
+    for editorNode in slicer.util.getNodesByClass("vtkMRMLSegmentEditorNode", scene):
+        if editorNode.GetSegmentationNode() is segmentationNode and editorNode.GetSourceVolumeNode() is not None:
+            return editorNode.GetSourceVolumeNode()
+    geometry = _geometryString(segmentationNode)
+    matching = [
+        volumeNode
+        for volumeNode in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode", scene)
+        if not volumeNode.IsA("vtkMRMLLabelMapVolumeNode") and _sameGridAsGeometry(volumeNode, geometry)
+    ]
+    return matching[0] if len(matching) == 1 else None
+
+
 def referenceVolumes(segmentationNodes: Sequence[slicer.vtkMRMLSegmentationNode]) -> list[Any]:
-    """The volume each segmentation was drawn on (its reference geometry node), or None where unknown."""
-    return [node.GetNodeReference(node.GetReferenceImageGeometryReferenceRole()) for node in segmentationNodes]
+    """:func:`referenceVolume` of each segmentation (None where unknown: let the user pick)."""
+    return [referenceVolume(node) for node in segmentationNodes]
 
 
 class VoCoSlicerLogic:
@@ -82,7 +132,7 @@ class VoCoSlicerLogic:
 
     def __init__(self, environment: BackendEnvironment | None = None, runner: BackendRunner | None = None) -> None:
         self.environment = environment or BackendEnvironment()
-        self.runner = runner or BackendRunner(self.environment.command())
+        self.runner = runner or BackendRunner(self.environment.command(), self.environment.environment())
         self.catalogue = ModelCatalogue(self.runner)
 
     def segment(
@@ -128,6 +178,7 @@ class VoCoSlicerLogic:
         modelSize: str | None = None,
         roi: int | None = None,
         spacing: Sequence[float] | None = None,
+        maxMinutes: float | None = None,
         device: str = "auto",
         seed: int | None = None,
         register: bool = True,
@@ -141,6 +192,7 @@ class VoCoSlicerLogic:
         Each segment name becomes a class; a name that came from a model's result keeps that model's label value.
         ``init`` is a catalogue name, an encoder/checkpoint path or ``"none"`` (None: the backend's default);
         ``spacing`` (mm, x y z) is the resampling of the model's recipe (None: the backend's 1.5 mm).
+        ``maxMinutes`` stops training after that many minutes (0 or None: no limit).
         ``register`` adds the new folder to the user's models so it is listed by name.
 
         Returns:
@@ -172,6 +224,7 @@ class VoCoSlicerLogic:
                 device=device,
                 seed=seed,
                 spacing=None if spacing is None else tuple(spacing),
+                maxMinutes=maxMinutes,
             ).toArgv()
 
         def complete(outcome: RunOutcome, workDir: Path) -> str:
@@ -180,6 +233,30 @@ class VoCoSlicerLogic:
             return outputModelDir
 
         return self._run("finetune", prepare, complete, waitForCompletion, onProgress, onLog, onFinished)
+
+    def fetch(
+        self,
+        name: str,
+        waitForCompletion: bool = True,
+        onProgress: ProgressCallback | None = None,
+        onLog: LogCallback | None = None,
+        onFinished: FinishedCallback | None = None,
+    ) -> Any:
+        """Download catalogue model ``name`` (progress events of stage ``download``), polled like every run.
+
+        Returns:
+            The backend's result fields (the downloaded file's ``path``); with ``waitForCompletion=False`` a
+            :class:`BackendRun`.
+        """
+        return self._run(
+            "fetch",
+            lambda workDir: ["models", "fetch", name],
+            lambda outcome, workDir: outcome.result,
+            waitForCompletion,
+            onProgress,
+            onLog,
+            onFinished,
+        )
 
     def pretrain(
         self,

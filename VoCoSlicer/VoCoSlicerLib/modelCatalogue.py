@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from VoCoSlicerLib.backendRunner import BackendRun, BackendRunner, FinishedCallback, ProgressCallback
+from VoCoSlicerLib.backendRunner import BackendRunner
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +44,7 @@ class ModelEntry:
 
 
 class ModelCatalogue:
-    """Lists, fetches and registers models through the backend.
+    """Lists and registers models through the backend (downloads: :meth:`VoCoSlicerLogic.fetch`).
 
     Args:
         runner: runs the backend's ``models`` command.
@@ -62,12 +62,6 @@ class ModelCatalogue:
         """The models that can segment: user models first, then the catalogue's segmentation networks."""
         entries = [e for e in self.list() if e.kind == "segmentation"]
         return sorted(entries, key=lambda e: e.source != "user")
-
-    def fetch(
-        self, name: str, onProgress: ProgressCallback | None = None, onFinished: FinishedCallback | None = None
-    ) -> BackendRun:
-        """Start downloading catalogue model ``name`` (progress events of stage ``download``)."""
-        return self.runner.start(["models", "fetch", name], onProgress=onProgress, onFinished=onFinished)
 
     def register(self, modelDir: str | Path) -> ModelEntry:
         """Register a fine-tuned model folder so that it is listed by name."""

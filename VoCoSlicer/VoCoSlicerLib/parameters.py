@@ -97,6 +97,7 @@ class FinetuneParameters:
     modelSize: str | None = None
     roi: int | None = None
     spacing: tuple[float, float, float] | None = None
+    maxMinutes: float | None = None
     device: str = "auto"
     seed: int | None = None
     resume: bool = False
@@ -120,6 +121,8 @@ class FinetuneParameters:
                 )
         _checkPositive("steps", self.steps)
         _checkPositive("roi", self.roi)
+        if self.maxMinutes is not None and not self.maxMinutes >= 0:
+            raise ParameterError(f"maxMinutes must be 0 (no limit) or a number of minutes, got {self.maxMinutes}")
         if self.spacing is not None and (len(self.spacing) != 3 or min(self.spacing) <= 0):
             raise ParameterError(f"spacing must be three positive numbers (mm), got {self.spacing}")
         if self.modelSize is not None:
@@ -141,6 +144,8 @@ class FinetuneParameters:
         ]
         if self.spacing is not None:
             argv += ["--spacing", *(str(s) for s in self.spacing)]
+        if self.maxMinutes:  # 0 and None: no limit, the flag is left out
+            argv += ["--max-minutes", f"{self.maxMinutes:g}"]
         argv += ["--device", self.device, *_optional("--seed", self.seed)]
         return [*argv, "--resume"] if self.resume else argv
 

@@ -9,6 +9,7 @@ can fail runs in a private scratch scene; the user's scene is changed only once 
 from __future__ import annotations
 
 import contextlib
+import csv
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -49,13 +50,25 @@ def colorTableFromClasses(
     return colorNode
 
 
+COLOR_TABLE_COLUMNS = ("LabelValue", "Name", "Color_R", "Color_G", "Color_B", "Color_A")
+
+
 def writeColorTable(classes: Sequence[LabelClass], path: str | Path) -> str:
-    """Write the classes as a Slicer colour table file (``.csv`` keeps names with spaces and the colours)."""
-    scratch = slicer.vtkMRMLScene()
-    storageNode = slicer.vtkMRMLColorTableStorageNode()
-    storageNode.SetFileName(str(path))
-    if not storageNode.WriteData(colorTableFromClasses(classes, scratch, "classes")):
-        raise SceneIOError(f"cannot write the colour table to {path}")
+    """Write the classes as a Slicer ``.csv`` colour table (columns ``LabelValue, Name, Color_R/G/B/A`` in 0-255).
+
+    Written with Python's ``csv`` rather than Slicer's colour storage node: that writes CSV only from Slicer 5.10
+    and alters names with spaces, while here every name is kept exactly as the user typed it.
+    """
+    checkClasses(classes, "the training segments")
+    try:
+        with open(path, "w", newline="", encoding="utf-8") as stream:
+            writer = csv.writer(stream)
+            writer.writerow(COLOR_TABLE_COLUMNS)
+            for labelClass in classes:
+                rgb = [round(min(max(c, 0.0), 1.0) * 255) for c in labelClass.color]
+                writer.writerow([labelClass.value, labelClass.name, *rgb, 255])
+    except OSError as exc:
+        raise SceneIOError(f"cannot write the colour table to {path}: {exc.strerror or exc}") from exc
     return str(path)
 
 
@@ -123,8 +136,9 @@ def importSegmentation(
     (empty where the model found nothing).
 
     The label map must lie on ``volumeNode``'s grid. The result replaces the segments of ``segmentationNode``
-    (or goes into a new node named after the volume and the model), references the volume's geometry and is put
-    beside the volume in the subject hierarchy. On any error the user's scene is left as it was.
+    (or goes into a new node named after the volume and the model), references the volume's geometry, follows the
+    volume's parent transform and is put beside the volume in the subject hierarchy. On any error the user's scene
+    is left as it was.
     """
     checkClasses(classes, modelName)
     scene = volumeNode.GetScene()
@@ -152,6 +166,8 @@ def importSegmentation(
     segmentationNode.GetSegmentation().DeepCopy(imported.GetSegmentation())
     segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
     segmentationNode.SetLabelmapConversionColorTableNodeID(colorNode.GetID())
+    # The result lies on the volume's grid: under the volume's transform it lies where the volume is shown.
+    segmentationNode.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
     placeNextTo(segmentationNode, volumeNode)
     return segmentationNode
 

@@ -1,0 +1,229 @@
+"""The module's Widget and parameter class run through Slicer's own ScriptedLoadableModule and parameterNodeWrapper
+(5.10.0 and 5.12.3 from ../shared/slicer) on slicer-core's scene; only Qt/CTK widgets and ``slicer.app`` are
+stood in (``slicer_app.py``)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import types
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicer
+from slicer_app import SLICER_VERSIONS, processEvents, slicerApplication
+from VoCoSlicerLib.backendRunner import BackendRunner
+
+MODULE_DIR = Path(__file__).resolve().parents[2] / "VoCoSlicer"
+UI_PATH = MODULE_DIR / "Resources" / "UI" / "VoCoSlicer.ui"
+
+pytestmark = pytest.mark.parametrize("version", SLICER_VERSIONS)
+
+
+def _loadModule() -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location("VoCoSlicer", MODULE_DIR / "VoCoSlicer.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as Slicer imports it: the wrapper resolves annotations in this module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _uiRanges() -> dict[str, tuple[float, float]]:
+    ranges = {}
+    for widget in ET.parse(UI_PATH).getroot().iter("widget"):
+        name = widget.findtext("property[@name='SlicerParameterName']/string")
+        low = widget.find("property[@name='minimum']/*")
+        high = widget.find("property[@name='maximum']/*")
+        if name and low is not None:
+            ranges[name] = (float(low.text), float(high.text))
+    return ranges
+
+
+def _runUntilDone(widget: Any, timeout: float = 60.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while widget._run is not None:
+        assert time.monotonic() < deadline, "the run was never finished by the polling timer"
+        processEvents()
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def module(scene, version, tmp_path, monkeypatch):
+    """VoCoSlicer.py loaded on Slicer ``version``'s Python files, with a private model cache."""
+    monkeypatch.setenv("VOCO_CACHE_DIR", str(tmp_path / "cache"))
+    with slicerApplication(version, startupEnvironment=dict(os.environ)) as app:
+        vocoSlicer = _loadModule()
+        vocoSlicer.app = app
+        try:
+            yield vocoSlicer
+        finally:
+            sys.modules.pop("VoCoSlicer", None)
+
+
+def _widget(module: types.ModuleType, qt: Any) -> Any:
+    parent = types.SimpleNamespace(path=str(MODULE_DIR / "VoCoSlicer.py"))
+    module.VoCoSlicer(parent)
+    slicer.modules.vocoslicer = parent
+    panel = slicer.qMRMLWidget()
+    panel.setLayout(qt.QVBoxLayout())
+    panel.isEntered = True
+    widget = module.VoCoSlicerWidget(panel)
+    widget.setup()
+    return widget
+
+
+def test_slicers_parameter_node_wrapper_binds_every_ui_parameter_with_the_ui_ranges(module, version) -> None:
+    qt = module.app.qt
+    ui = slicer.util.childWidgetVariables(slicer.util.loadUI(str(UI_PATH)))
+    logic = module.VoCoSlicerLogic()
+    parameters = logic.getParameterNode()
+    # filed under the module, not under "ScriptedLoadableModule"
+    assert parameters.parameterNode.GetAttribute("ModuleName") == "VoCoSlicer"
+    assert parameters.parameterNode.GetSingletonTag() == "VoCoSlicer"
+    tag = parameters.connectGui(ui)  # Slicer's connectors: raises for a combo box bound to a plain str
+    bound = {w.property("SlicerParameterName"): w for w in ui.__dict__.values() if w.property("SlicerParameterName")}
+    assert set(bound) == set(parameters.allParameters) - {"model", "finetuneInit"}
+    for name, (low, high) in _uiRanges().items():
+        spinBox = bound[name]
+        assert (spinBox.minimum, spinBox.maximum) == (low, high), f"{name}: the connector changed the .ui's range"
+        spinBox.value = high + 1000  # the widget clamps, the parameter follows the widget
+        assert getattr(parameters, name) == high
+    parameters.finetuneMaxMinutes = 30.0
+    assert ui.finetuneMaxMinutesSpinBox.value == 30.0
+    ui.deviceComboBox.currentIndex = ui.deviceComboBox.findText("cpu")
+    assert parameters.device == "cpu"
+    assert isinstance(ui.finetuneModelSizeComboBox, qt.QComboBox)
+    parameters.disconnectGui(tag)
+
+
+def test_widget_setup_enter_exit_and_a_run_that_ends_after_exit(module, ctVolume, fakeBackend) -> None:
+    widget = _widget(module, module.app.qt)
+    ui = widget.ui
+    assert widget._parameterNode.inputVolume is ctVolume  # the first volume is chosen
+    assert ui.modelComboBox.count > 0, "setup lists the catalogue through the real backend"
+    widget.enter()
+    widget.logic = module.VoCoSlicerLogic(runner=BackendRunner(fakeBackend("ok")))
+    ui.modelComboBox.setCurrentIndex(ui.modelComboBox.findText("VoComni_B"))
+    assert widget._parameterNode.model == "VoComni_B"  # synced by hand
+    assert ui.segmentButton.enabled
+    ui.show3DCheckBox.checked = True
+    assert widget._parameterNode.show3D
+    ui.segmentButton.click()
+    assert ui.segmentButton.text == "Cancel" and not ui.finetuneButton.enabled
+    widget.exit()  # the user leaves the module while the run works
+    assert widget._parameterNode is None
+    _runUntilDone(widget)
+    assert module.app.errors == []
+    result = widget.logic.getParameterNode().outputSegmentation
+    assert result is not None and result.GetSegmentation().GetNumberOfSegments() == 2
+    assert result.GetSegmentation().ContainsRepresentation("Closed surface")  # Show 3D
+    widget.enter()
+    assert ui.segmentButton.text == "Segment" and ui.segmentButton.enabled
+    widget.cleanup()
+
+
+def test_download_run_finishes_through_the_polling_timer(module, ctVolume, fakeBackend) -> None:
+    widget = _widget(module, module.app.qt)
+    widget.logic = module.VoCoSlicerLogic(runner=BackendRunner(fakeBackend("ok")))
+    widget._parameterNode.model = "VoComni_B"
+    widget.ui.fetchModelButton.click()
+    assert widget.ui.fetchModelButton.text == "Cancel"
+    _runUntilDone(widget)
+    assert widget.ui.fetchModelButton.text != "Cancel" and widget.ui.segmentButton.enabled
+    assert widget.ui.statusLabel.text == "Done."
+    widget.cleanup()
+
+
+def test_tutorial_fine_tune_pairs_the_segment_editors_source_volume(
+    module, scene, chestCtFiles, ctVolume, fakeBackend, tmp_path
+) -> None:
+    # A decoy on the same grid: geometry alone cannot tell them apart, the Segment Editor's choice does.
+    decoy = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "decoy")
+    decoy.Copy(ctVolume)
+    decoy.SetName("decoy")
+    voxels = slicer.util.arrayFromVolume(ctVolume)
+    slicer.util.updateVolumeFromArray(decoy, np.zeros_like(voxels))
+    segmentationNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "manual")
+    storageNode = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storageNode.SetFileName(str(chestCtFiles["segmentation"]))
+    assert storageNode.ReadData(segmentationNode)
+    assert segmentationNode.GetNodeReference(segmentationNode.GetReferenceImageGeometryReferenceRole()) is None
+    editorLogic = slicer.vtkSlicerSegmentEditorLogic()
+    editorLogic.SetMRMLScene(scene)
+    editorNode = scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+    editorLogic.SetSegmentEditorNode(editorNode)
+    editorLogic.SetSegmentationNode(segmentationNode)
+    editorLogic.SetSourceVolumeNode(ctVolume)
+    assert segmentationNode.GetNodeReference(segmentationNode.GetReferenceImageGeometryReferenceRole()) is None
+
+    exported: dict[str, Any] = {}
+
+    def launcher(args: list[str], **kwargs: Any) -> subprocess.Popen:
+        if "--images" in args:  # the fine-tune run (registering the model follows it)
+            exported["image"] = sitk.GetArrayFromImage(sitk.ReadImage(args[args.index("--images") + 1]))
+        return subprocess.Popen(args, **kwargs)
+
+    widget = _widget(module, module.app.qt)
+    widget.logic = module.VoCoSlicerLogic(runner=BackendRunner(fakeBackend("ok"), launcher=launcher))
+    registered: list[str] = []
+    widget.logic.catalogue.register = registered.append  # the protocol stand-in does not register models
+    widget.ui.trainingSegmentationsSelector.setCheckedNodes([segmentationNode])
+    widget._parameterNode.finetuneOutputFolder = tmp_path / "my model"
+    widget._parameterNode.finetuneMaxMinutes = 12.5
+    widget._parameterNode.finetuneSteps = 3
+    finished: list[Any] = []
+    widget.onFinetuned = finished.append
+    widget.ui.finetuneButton.click()
+    _runUntilDone(widget)
+    assert module.app.errors == []
+    assert np.array_equal(exported["image"], voxels)  # the CT it was drawn on, not the decoy
+    argv = finished[0].result["argv"]
+    assert argv[argv.index("--max-minutes") + 1] == "12.5"
+    assert argv[argv.index("--steps") + 1] == "3"
+    assert registered == [str((tmp_path / "my model").resolve())]
+    widget.cleanup()
+
+
+def test_external_python_runs_the_backend_from_a_slicer_like_environment(module, tmp_path, monkeypatch) -> None:
+    # Slicer's launcher sets these for its own Python 3.12; another Python cannot start with them.
+    fakeSlicer = tmp_path / "Slicer-5.12"
+    (fakeSlicer / "lib" / "Python" / "lib" / "python3.12").mkdir(parents=True)
+    clean = dict(os.environ)
+    slicerLike = {**clean, "PYTHONHOME": str(fakeSlicer / "lib" / "Python"), "PYTHONPATH": str(fakeSlicer / "bin")}
+    broken = subprocess.run([sys.executable, "-c", "import os"], env=slicerLike, capture_output=True, check=False)
+    assert broken.returncode != 0, "the stand-in launcher environment must break a foreign Python"
+    for name, value in slicerLike.items():
+        monkeypatch.setenv(name, value)
+    slicer.app._startupEnvironment = clean  # slicer.util.startupEnvironment(): before the launcher
+
+    from VoCoSlicerLib import BackendEnvironment
+
+    environment = BackendEnvironment(pythonExecutable=sys.executable)
+    assert environment.isInstalled()
+    names = [entry.name for entry in module.VoCoSlicerLogic(environment).catalogue.list()]
+    assert "VoComni_B" in names
+
+
+def test_module_self_test_body_runs_headlessly(module, slicerApp, scene, chestCtFiles, monkeypatch) -> None:
+    from conftest import loadVolume
+
+    # Stand-in for Slicer's SampleData module: its CTChest is the same slicerio chest CT, from ../shared/data.
+    sampleData = types.ModuleType("SampleData")
+    sampleData.downloadSample = lambda name: loadVolume(scene, chestCtFiles["ct"])
+    monkeypatch.setitem(sys.modules, "SampleData", sampleData)
+    # slicer.modules.segmentations: slicer-core's real Segmentations logic of the session's application logic.
+    slicer.modules.segmentations = types.SimpleNamespace(logic=lambda: slicerApp.GetModuleLogic("Segmentations"))
+    selfTest = module.VoCoSlicerTest()
+    selfTest.runTest()
+    assert module.app.messages == [
+        "Result import keeps names, label values and geometry",
+        "Backend lists the model catalogue",
+    ]
