@@ -1,4 +1,4 @@
-"""Few-shot fine-tuning on the 12 STS patients: VoCo initialisation against scratch, same step budget, same run.
+"""Few-shot fine-tuning on the 12 STS patients: VoCo initialisation, scratch and nnU-Net v2, same split, same budget.
 
 Fixed split: the cases sorted by name; the last ``--val-cases`` are the validation set, the first 1, 3, 5
 (``--shots``) of the others the labelled training sets (nested). Every (shots, init, seed) fine-tunes the same
@@ -7,8 +7,18 @@ the decoder initialisation, the crops and the augmentations. Inits: ``scratch``,
 ``encoder.pt`` of ``pretrain`` on the pretraining pool) and, if given, ``official`` (``--official``, a
 checkpoint file or catalogue name of the right model size).
 
-Reported per (shots, init): final validation Dice, mean ± sd over seeds, its ratio to scratch's, and the first
-validation step at which the seed-mean Dice reaches scratch's final seed-mean Dice.
+Budget: ``--steps`` steps, or with ``--budget-minutes M`` the same wall-clock training time for every row
+(``finetune --max-minutes M``; nnU-Net through a trainer subclass that stops at M minutes, see
+``benchmarks/nnunet_peer.py``). ``--nnunet-python PY`` adds the nnU-Net v2 row: PY is the interpreter of a
+virtual environment holding ``nnunetv2`` (``pip install '.[bench]'`` there; not in the project's own .venv, whose
+CPU torch the registry's torchvision does not import beside). nnU-Net plans its own spacing, patch and
+normalisation from the training cases and trains its own PlainConvUNet from scratch.
+
+Reported per (shots, init): Dice per validation patient (seed mean; ours: the kept ``model.pt`` applied with
+``segment``'s own sliding window and blending, on the patient's grid), the patient-mean Dice as mean ± sd over
+seeds, its ratio to scratch's and, for our rows, the first validation step at which the seed-mean validation
+Dice reaches scratch's final one. Our ``model.pt`` is the best validation Dice seen during training (selected on
+the validation patients, so slightly optimistic); nnU-Net's is its final checkpoint.
 
 CPU cost: a step of the tiny network with 2 crops of 64³ is ~5 s on 2 cores, one validation of a case at
 1.5 mm ~5-10 s; the defaults (3 shots × 2 inits × 2 seeds × 40 steps, 4 validation cases every 10 steps) take
@@ -21,6 +31,10 @@ The pool's CT images only (the label files beside them are not CT):
           ../shared/data/totalsegmentator/example_ct.nii.gz"
     .venv/bin/python -m voco_backend pretrain --data $POOL --out runs/tiny --model-size tiny --steps 200
     .venv/bin/python benchmarks/few_shot.py --encoder runs/tiny/encoder.pt
+    # with nnU-Net beside, 20 minutes of training each:
+    python3 -m venv ~/nnunet-venv && ~/nnunet-venv/bin/pip install torch torchvision -e '.[bench]'
+    .venv/bin/python benchmarks/few_shot.py --encoder runs/tiny/encoder.pt --shots 5 --seeds 0 1 \
+        --budget-minutes 20 --nnunet-python ~/nnunet-venv/bin/python
     # on a GPU (the figures of the closing note of stop 2):
     python -m voco_backend pretrain --data $POOL --out runs/B --model-size B --steps 700 --device cuda
     python benchmarks/few_shot.py --encoder runs/B/encoder.pt --model-size B --shots 1 3 5 --seeds 0 1 \\
@@ -36,7 +50,10 @@ import statistics
 import tempfile
 from pathlib import Path
 
+import SimpleITK as sitk
+
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+UNLIMITED_STEPS = 1_000_000  # the step cap when a time budget decides
 
 
 def sts_cases(data: Path) -> list[tuple[Path, Path]]:
@@ -66,9 +83,11 @@ def finetune(
         classes=["tumour=1"],
         out=str(out),
         init=init,
-        steps=args.steps,
+        steps=UNLIMITED_STEPS if args.budget_minutes else args.steps,
+        max_minutes=args.budget_minutes,
+        warmup_steps=min(args.steps // 10, 50),
         val_every=args.val_every,
-        checkpoint_every=args.steps,
+        checkpoint_every=UNLIMITED_STEPS if args.budget_minutes else args.steps,
         model_size=args.model_size,
         roi=args.roi,
         batch_size=args.batch_size,
@@ -78,6 +97,25 @@ def finetune(
     )
     run(config, Reporter(stdout=io.StringIO(), stderr=io.StringIO()), CancelToken())
     return json.loads((out / "model.json").read_text())["training"]["validations"]
+
+
+def dice_per_patient(model: Path, val: list[tuple[Path, Path]], device: str) -> list[float]:
+    """Dice of the kept model on each validation patient, segmented as ``segment`` does, on the patient's grid."""
+    from voco_backend.data.io import read_image
+    from voco_backend.distributed import resolve_device
+    from voco_backend.segmentation.evaluation import class_metrics, on_reference_grid
+    from voco_backend.segmentation.inference import Segmenter
+    from voco_backend.segmentation.model_folder import MODEL_PT, read_model_info
+
+    segmenter = Segmenter(read_model_info(model), model / MODEL_PT, resolve_device(device))
+    dice = []
+    for image_path, mask_path in val:
+        ref = read_image(mask_path)
+        pred = on_reference_grid(segmenter.segment(read_image(image_path), overlap=0.5), ref)
+        metrics = class_metrics(sitk.GetArrayViewFromImage(pred) == 1, sitk.GetArrayViewFromImage(ref) > 0,
+                                tuple(reversed(ref.GetSpacing())), 2.0)
+        dice.append(float("nan") if metrics["dice"] is None else float(metrics["dice"]))
+    return dice
 
 
 def mean_sd(values: list[float]) -> str:
@@ -102,6 +140,9 @@ def main() -> None:
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 3, 5], help="labelled training cases")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--steps", type=int, default=40, help="the step budget of every run")
+    parser.add_argument("--budget-minutes", type=float, default=0.0,
+                        help="a wall-clock training budget for every row instead of --steps (0: steps decide)")
+    parser.add_argument("--nnunet-python", help="python of a virtual environment with nnunetv2: adds its row")
     parser.add_argument("--val-every", type=int, default=10)
     parser.add_argument("--val-cases", type=int, default=4, help="the last N cases by name are the validation set")
     parser.add_argument("--model-size", default="tiny")
@@ -112,6 +153,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="folder for the model folders (default: a temporary one)")
     args = parser.parse_args()
 
+    if args.nnunet_python and not args.budget_minutes:
+        parser.error("the nnU-Net row needs --budget-minutes (the same wall-clock budget for every row)")
     cases = sts_cases(args.data)
     val, pool = cases[-args.val_cases :], cases[: -args.val_cases]
     if max(args.shots) > len(pool):
@@ -119,29 +162,62 @@ def main() -> None:
     inits = {"scratch": "none", "voco": args.encoder, **({"official": args.official} if args.official else {})}
     work = args.work or Path(tempfile.mkdtemp(prefix="few_shot_"))
     curves: dict[tuple[int, str], list[list[dict]]] = {}
+    patients: dict[tuple[int, str], list[list[float]]] = {}
     for shots in args.shots:
         for name, init in inits.items():
             for seed in args.seeds:
                 out = work / f"{shots}shot_{name}_seed{seed}"
                 curves.setdefault((shots, name), []).append(finetune(pool[:shots], val, init, seed, out, args))
-                print(
-                    f"done: {shots} shot(s), {name}, seed {seed}: Dice {curves[shots, name][-1][-1]['dice']:.3f}",
-                    flush=True,
-                )
+                patients.setdefault((shots, name), []).append(dice_per_patient(out, val, args.device))
+                report_run(shots, name, seed, patients[shots, name][-1])
+        if args.nnunet_python:
+            from nnunet_peer import nnunet_dice_per_patient
 
+            budget_s = args.budget_minutes * 60
+            for seed in args.seeds:
+                folder = work / f"{shots}shot_nnunet_seed{seed}"
+                dice = nnunet_dice_per_patient(pool[:shots], val, seed, budget_s, folder, args.nnunet_python,
+                                               args.device)
+                patients.setdefault((shots, "nnU-Net v2"), []).append(dice)
+                report_run(shots, "nnU-Net v2", seed, dice)
+
+    budget = f"{args.budget_minutes:g} min of training" if args.budget_minutes else f"{args.steps} steps"
     print(
         f"\nfew_shot: STS, validation on {', '.join(i.name[:7] for i, _ in val)}; {args.model_size}, "
-        f"{args.steps} steps, roi {args.roi}, spacing {args.spacing}, seeds {args.seeds}\n"
+        f"{budget}, roi {args.roi}, spacing {args.spacing}, seeds {args.seeds}, device {args.device}\n"
     )
-    print("| shots | init | final val Dice (mean ± sd) | vs scratch | steps to scratch's final Dice |")
-    print("|---|---|---|---|---|")
+    names = [*inits, *(["nnU-Net v2"] if args.nnunet_python else [])]
+    print("| shots | init | Dice per validation patient (seed mean) | mean ± sd over seeds | vs scratch "
+          "| steps to scratch's final val Dice |")
+    print("|---|---|---|---|---|---|")
     for shots in args.shots:
-        scratch = statistics.mean(c[-1]["dice"] for c in curves[shots, "scratch"])
-        for name in inits:
-            finals = [c[-1]["dice"] for c in curves[shots, name]]
-            ratio = statistics.mean(finals) / scratch if scratch > 0 else float("nan")
-            reach = "(reference)" if name == "scratch" else steps_to_reach(curves[shots, name], scratch)
-            print(f"| {shots} | {name} | {mean_sd(finals)} | {ratio:.2f}x | {reach} |")
+        scratch = statistics.mean(mean_of(d) for d in patients[shots, "scratch"])
+        for name in names:
+            per_seed = patients[shots, name]
+            per_patient = [mean_of(list(col)) for col in zip(*per_seed, strict=True)]
+            means = [mean_of(d) for d in per_seed]
+            ratio = statistics.mean(means) / scratch if scratch > 0 else float("nan")
+            if name == "scratch":
+                reach = "(reference)"
+            elif (shots, name) in curves:
+                scratch_val = statistics.mean(c[-1]["dice"] for c in curves[shots, "scratch"])
+                reach = steps_to_reach(curves[shots, name], scratch_val)
+            else:
+                reach = "n/a"
+            shown = " ".join(f"{d:.2f}" for d in per_patient)
+            print(f"| {shots} | {name} | {shown} | {mean_sd(means)} | {ratio:.2f}x | {reach} |")
+
+
+def report_run(shots: int, name: str, seed: int, dice: list[float]) -> None:
+    """One line per finished run."""
+    print(f"done: {shots} shot(s), {name}, seed {seed}: Dice per patient {' '.join(f'{d:.3f}' for d in dice)}",
+          flush=True)
+
+
+def mean_of(values: list[float]) -> float:
+    """Mean over the patients with a defined Dice."""
+    finite = [v for v in values if v == v]
+    return statistics.mean(finite) if finite else float("nan")
 
 
 if __name__ == "__main__":

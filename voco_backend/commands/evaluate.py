@@ -7,8 +7,9 @@ Examples::
 
 --pred and --ref are two label files, or two folders whose files are paired by name. A prediction on another
 grid is resampled onto its reference in physical space (nearest neighbour). --out writes REPORT.json, a CSV
-beside it (one row per case and class) and one PNG per case of a few slices (reference outlines green,
-prediction red, over the CT when --images is given). Without --out the figures are only reported.
+beside it (one row per case and class) and one PNG per case of a few slices (prediction filled and reference
+outlined in each class's colour, with a legend of class names, over the CT when --images is given). Without
+--out the figures are only reported.
 Classes: --classes or --color-table, else the segments named in a .seg.nrrd reference (or prediction), else
 every label value found (``label_N``).
 """
@@ -89,7 +90,7 @@ def run(config: EvaluateConfig, reporter: Reporter, cancel: CancelToken) -> None
         if out is not None and config.overlay_slices:
             ct = read_image(images[name]) if name in images else None
             png = out.with_name(f"{out.stem}_{name}.png")
-            overlays.append(str(write_overlay(ref, pred, png, name, ct, config.overlay_slices)))
+            overlays.append(str(write_overlay(ref, pred, png, name, ct, config.overlay_slices, classes)))
     reporter.progress("evaluate", len(pairs), len(pairs))
     report = {
         "tolerance_mm": config.tolerance,

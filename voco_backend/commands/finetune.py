@@ -17,6 +17,7 @@ architecture, init source, training figures) and checkpoint_last.pt (resumable).
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,7 +49,10 @@ class FinetuneConfig:
         "VoCo file), a catalogue name, or none (from scratch)",
         metavar="PATH|NAME|none",
     )
-    classes: list[str] = field([], help="class names and label values, e.g. tumour=1 edema=2", metavar="NAME=VALUE")
+    classes: list[str] = field(
+        [], help="class names and label values, e.g. tumour=1 edema=2, or names alone (valued 1, 2, ... in order)",
+        metavar="NAME[=VALUE]",
+    )
     color_table: str | None = field(
         None, help="Slicer colour table (.ctbl/.txt) naming the label values", metavar="FILE"
     )
@@ -56,6 +60,17 @@ class FinetuneConfig:
     val_labels: list[str] = field([], help="their label maps", metavar="LABEL")
     val_fraction: float = field(0.2, help="share of the cases held back for validation when no --val-images")
     steps: int = field(200, help="optimiser steps (a resumed run continues up to this count)")
+    max_minutes: float = field(
+        0.0,
+        help="training time budget in minutes (0: none): stop at the first step boundary after it, validate and "
+        "keep the best model; a resumed run counts its earlier time",
+    )
+    crops: str = field(
+        "classes",
+        help="crop centres: classes (every class, background included, equally often) or posneg (the official "
+        "9:1 foreground/background)",
+        choices=["classes", "posneg"],
+    )
     model_size: str = field(
         "B", help="network size: tiny (fs 12, CPU tests), B (48), L (96), H (192)", choices=list(FEATURE_SIZES)
     )
@@ -94,6 +109,9 @@ class FinetuneConfig:
         check_choice("model_size", self.model_size, list(FEATURE_SIZES))
         check_choice("device", self.device, DEVICES)
         check_choice("cpu_allocator", self.cpu_allocator, CPU_ALLOCATORS)
+        check_choice("crops", self.crops, ["classes", "posneg"])
+        if not math.isfinite(self.max_minutes) or self.max_minutes < 0:
+            raise UsageError(f"field 'max_minutes' must be a number >= 0 (0: no limit), got {self.max_minutes!r}")
         if not self.images:
             raise UsageError("field 'images' needs at least one image")
         for images, labels in (("images", "labels"), ("val_images", "val_labels")):
@@ -262,6 +280,8 @@ def run(config: FinetuneConfig, reporter: Reporter, cancel: CancelToken) -> None
         seed=config.seed,
         amp=config.amp,
         mirror_left_right=config.mirror_left_right,
+        crops=config.crops,
+        max_seconds=config.max_minutes * 60.0,
     )
     folder.mkdir(parents=True, exist_ok=True)
     remove_orphans(folder)  # temporary files of a killed run

@@ -49,6 +49,8 @@ class Schedule:
     seed: int
     amp: bool
     mirror_left_right: bool = False
+    crops: str = "classes"
+    max_seconds: float = 0.0  # stop at the first step boundary after this much training time (0: no limit)
 
 
 @dataclasses.dataclass
@@ -115,7 +117,9 @@ class FineTuner:
         self.scheduler = WarmupCosineSchedule(self.optimizer, schedule.warmup_steps, schedule.steps)
         self.scaler = torch.amp.GradScaler(device.type, enabled=scaled)
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
-        self.transforms = train_transforms(info.roi, schedule.batch_size, schedule.mirror_left_right)
+        self.transforms = train_transforms(
+            info.roi, schedule.batch_size, schedule.mirror_left_right, info.out_channels, schedule.crops
+        )
         self.progress = Progress()
 
     @property
@@ -133,6 +137,7 @@ class FineTuner:
             "seed": self.schedule.seed,
             "batch_size": self.schedule.batch_size,
             "mirror_left_right": self.schedule.mirror_left_right,
+            "crops": self.schedule.crops,
         }
 
     def save_last(self) -> None:
@@ -247,13 +252,23 @@ class FineTuner:
             p.losses.append(self.train_step())
             p.step += 1
             p.seconds = time.monotonic() - started
+            budget = {"remaining_s": round(max(s.max_seconds - p.seconds, 0.0), 1)} if s.max_seconds else {}
             reporter.progress(
-                "finetune", p.step, s.steps, loss=round(p.losses[-1], 4), lr=self.scheduler.get_last_lr()[0]
+                "finetune", p.step, s.steps, loss=round(p.losses[-1], 4), lr=self.scheduler.get_last_lr()[0],
+                **budget,
             )
-            if p.step % s.val_every == 0 or p.step == s.steps:
+            out_of_time = bool(s.max_seconds) and p.seconds >= s.max_seconds
+            if p.step % s.val_every == 0 or p.step == s.steps or out_of_time:
                 self._validate(reporter, cancel, started)
-            if p.step % s.checkpoint_every == 0 or p.step == s.steps:
+            if p.step % s.checkpoint_every == 0 or p.step == s.steps or out_of_time:
                 self.save_last()
+            if out_of_time and p.step < s.steps:
+                reporter.log(
+                    f"time budget of {s.max_seconds / 60:g} min reached at step {p.step} of {s.steps}; "
+                    f"keeping the best model (step {p.best_step})",
+                    step=p.step,
+                )
+                break
         if not p.validations or p.validations[-1]["step"] != p.step:  # resumed after a cancel in the last one
             self._validate(reporter, cancel, started)
             self.save_last()

@@ -73,18 +73,30 @@ def _sorted_unique(classes: list[SegmentClass], source: str) -> list[SegmentClas
 
 
 def parse_classes(specs: Sequence[str]) -> list[SegmentClass]:
-    """Parse ``--classes`` entries ``name=value`` (value a positive integer)."""
+    """Parse ``--classes``: ``name=value`` entries (value > 0), or bare names valued 1, 2, ... in order."""
+    bare = ["=" not in spec for spec in specs]
+    if any(bare) and not all(bare):
+        raise UsageError(
+            f"field 'classes' mixes bare names and name=value entries: {' '.join(specs)}; use one form"
+        )
+    if all(bare):
+        specs = [f"{spec}={i}" for i, spec in enumerate(specs, 1)]
     classes = []
     for i, spec in enumerate(specs):
         name, sep, value = spec.rpartition("=")
-        if not sep or not name or not value.strip().isdigit() or int(value) <= 0:
-            raise UsageError(f"field 'classes' entries must look like name=value with value > 0, got {spec!r}")
+        if not sep or not name.strip() or not value.strip().isdigit() or int(value) <= 0:
+            raise UsageError(
+                f"field 'classes' entries must be names or look like name=value with value > 0, got {spec!r}"
+            )
         if int(value) > MAX_LABEL_VALUE:
             raise UsageError(f"field 'classes' value {int(value)} is above the largest class value {MAX_LABEL_VALUE}")
         classes.append(SegmentClass(name.strip(), int(value), default_color(i)))
     values = [c.value for c in classes]
     if len(set(values)) != len(values):
         raise UsageError(f"field 'classes' names a label value twice: {' '.join(specs)}")
+    names = [c.name for c in classes]
+    if len(set(names)) != len(names):
+        raise UsageError(f"field 'classes' names a class twice: {' '.join(specs)}")
     return sorted(classes, key=lambda c: c.value)
 
 

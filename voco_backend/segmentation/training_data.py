@@ -1,8 +1,8 @@
 """Labelled cases for fine-tuning: checked, mapped to class indices, preprocessed once and kept in memory.
 
 Few-shot runs hold a handful of volumes, so the deterministic output of the recipe is cached in memory and only
-the random part (positive/negative crops and the VoCo augmentations) runs per step, seeded by (seed, step) so
-that a resumed run draws exactly what the uninterrupted one would have drawn.
+the random part (class-balanced or positive/negative crops and the VoCo augmentations) runs per step, seeded by
+(seed, step) so that a resumed run draws exactly what the uninterrupted one would have drawn.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import SimpleITK as sitk
 import torch
 from monai.transforms import (
     Compose,
+    RandCropByLabelClassesd,
     RandCropByPosNegLabeld,
     RandFlipd,
     RandRotate90d,
@@ -32,6 +33,7 @@ from voco_backend.segmentation.preprocess import LABEL_KEY, preprocess
 KEYS = ("image", LABEL_KEY)
 # Positive:negative crop centres (shared/VOCO.md §8, the official fine-tuning recipe).
 POS_NEG = (9, 1)
+CROPS = ("classes", "posneg")
 
 
 @dataclasses.dataclass
@@ -96,8 +98,14 @@ def split_cases(cases: list[Case], val_fraction: float, seed: int) -> tuple[list
     return [c for i, c in enumerate(cases) if i not in val], [cases[i] for i in val]
 
 
-def train_transforms(roi: Sequence[int], samples: int, mirror_left_right: bool = False) -> Compose:
-    """Positive/negative crops of ``roi`` plus the VoCo augmentations (flips, rot90, intensity scale/shift).
+def train_transforms(
+    roi: Sequence[int], samples: int, mirror_left_right: bool = False, num_classes: int = 2, crops: str = "classes"
+) -> Compose:
+    """Crops of ``roi`` plus the VoCo augmentations (flips, rot90, intensity scale/shift).
+
+    ``crops="classes"`` centres each crop on a voxel of a class drawn uniformly from the ``num_classes`` (background
+    included; a class absent from a case is skipped), so a small class is seen as often as a large one;
+    ``"posneg"`` is the official recipe's 9:1 foreground/background centres, which follow the classes' volumes.
 
     The official recipe flips every axis and rotates in the axial plane; both can turn a left structure into a
     right one, which teaches a network with lateral classes (left/right lung, kidney) to confuse them. By
@@ -107,18 +115,29 @@ def train_transforms(roi: Sequence[int], samples: int, mirror_left_right: bool =
     keys = list(KEYS)
     flip_axes = (0, 1, 2) if mirror_left_right else (1, 2)
     rotation_plane = (0, 1) if mirror_left_right else (1, 2)
+    if crops == "classes":
+        crop = RandCropByLabelClassesd(
+            keys=keys,
+            label_key=LABEL_KEY,
+            spatial_size=list(roi),
+            num_classes=num_classes,
+            num_samples=samples,
+            warn=False,
+        )
+    else:
+        crop = RandCropByPosNegLabeld(
+            keys=keys,
+            label_key=LABEL_KEY,
+            spatial_size=list(roi),
+            pos=POS_NEG[0],
+            neg=POS_NEG[1],
+            num_samples=samples,
+            image_key="image",
+            image_threshold=0,
+        )
     return Compose(
         [
-            RandCropByPosNegLabeld(
-                keys=keys,
-                label_key=LABEL_KEY,
-                spatial_size=list(roi),
-                pos=POS_NEG[0],
-                neg=POS_NEG[1],
-                num_samples=samples,
-                image_key="image",
-                image_threshold=0,
-            ),
+            crop,
             *(RandFlipd(keys=keys, prob=0.2, spatial_axis=axis) for axis in flip_axes),
             RandRotate90d(keys=keys, prob=0.2, max_k=3, spatial_axes=rotation_plane),
             RandScaleIntensityd(keys="image", factors=0.1, prob=0.1),

@@ -42,7 +42,7 @@ def finetune_args(tmp_path_factory, shared_data) -> list[str]:
         "--labels",
         str(sts / "STS_002_CT_mask.nii.gz"),
         "--classes",
-        "tumour=1",
+        "tumour",
         "--init",
         str(encoder),
         "--steps",

@@ -30,7 +30,15 @@ def test_classes_flag_is_parsed_and_sorted_by_value():
     assert [(c.name, c.value) for c in classes] == [("tumour core", 1), ("edema", 2)]
 
 
-@pytest.mark.parametrize("spec", [["tumour"], ["tumour=0"], ["tumour=x"], ["a=1", "b=1"]])
+def test_bare_class_names_take_values_one_two_in_order():
+    classes = parse_classes(["tumour", "edema", "necrosis"])
+    assert [(c.name, c.value) for c in classes] == [("tumour", 1), ("edema", 2), ("necrosis", 3)]
+    assert [(c.name, c.value) for c in parse_classes(["tumour"])] == [("tumour", 1)]
+
+
+@pytest.mark.parametrize(
+    "spec", [["tumour", "edema=2"], ["tumour=0"], ["tumour=x"], ["a=1", "b=1"], ["=1"], ["a", "a"]]
+)
 def test_bad_classes_flag_is_a_usage_error_naming_the_field(spec):
     with pytest.raises(UsageError, match="'classes'"):
         parse_classes(spec)

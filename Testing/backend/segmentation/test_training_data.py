@@ -33,3 +33,26 @@ def test_mirror_left_right_restores_the_official_flips():
     kept = left_right_kept(mirror=True)
     assert not all(kept), "no crop was mirrored or rotated in the axial plane in 80 crops"
     assert any(kept)
+
+
+def two_class_case() -> Case:
+    """A large class 1 filling half the volume and a small class 2 (a 4³ block) in a far corner."""
+    image = torch.rand(1, SIDE, SIDE, SIDE)
+    label = torch.zeros(1, SIDE, SIDE, SIDE, dtype=torch.uint8)
+    label[:, :40] = 1
+    label[:, 72:76, 72:76, 72:76] = 2
+    return Case("two", image, label)
+
+
+def share_of_crops_with_small_class(crops: str, steps: int = 30) -> float:
+    transforms = train_transforms((16, 16, 16), 2, num_classes=3, crops=crops)
+    case = two_class_case()
+    seen = [bool((label == 2).any()) for step in range(steps) for label in sample_batch(transforms, [case], 0, step)[1]]
+    return sum(seen) / len(seen)
+
+
+def test_class_balanced_crops_show_a_small_class_as_often_as_the_others():
+    # Each of background, class 1 and class 2 centres a third of the crops: the 64-voxel class is in ~1/3 of them,
+    # where the official 9:1 foreground/background centres follow volume and almost never find it.
+    assert share_of_crops_with_small_class("classes") >= 0.2
+    assert share_of_crops_with_small_class("posneg") < 0.1

@@ -1,0 +1,105 @@
+"""``finetune --max-minutes``: training stops at the first step boundary after the budget and keeps the best model.
+
+The clock of the fine-tuning loop is replaced by one that advances 10 s per reading, so the budget is reached
+after a known number of steps without waiting; the network is a one-layer stand-in (the loop, not the
+architecture, is under test).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import torch
+
+from voco_backend.cancel import CancelToken
+from voco_backend.commands.finetune import FinetuneConfig
+from voco_backend.data.recipe import Recipe
+from voco_backend.errors import UsageError
+from voco_backend.protocol import Reporter
+from voco_backend.segmentation import finetune as finetune_module
+from voco_backend.segmentation.finetune import MODEL_PT, FineTuner, Schedule
+from voco_backend.segmentation.labels import SegmentClass
+from voco_backend.segmentation.model_folder import ModelInfo
+
+SIDE = 16
+
+
+class Clock:
+    """``time.monotonic`` stand-in advancing ``tick`` seconds per call."""
+
+    def __init__(self, tick: float) -> None:
+        self.now, self.tick = 0.0, tick
+
+    def monotonic(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+def tuner(folder, steps: int, max_seconds: float) -> FineTuner:
+    torch.manual_seed(0)
+    image = torch.rand(1, SIDE, SIDE, SIDE)
+    label = torch.zeros(1, SIDE, SIDE, SIDE, dtype=torch.uint8)
+    label[:, 4:12, 4:12, 4:12] = 1
+    case = finetune_module.Case("cube", image, label)
+    info = ModelInfo("t", "tiny", [SegmentClass("cube", 1, (1.0, 0.0, 0.0))], Recipe(), (SIDE,) * 3)
+    schedule = Schedule(
+        steps=steps,
+        batch_size=1,
+        lr=1e-2,
+        weight_decay=0.0,
+        warmup_steps=0,
+        val_every=100,
+        checkpoint_every=100,
+        seed=0,
+        amp=False,
+        max_seconds=max_seconds,
+    )
+    model = torch.nn.Conv3d(1, 2, 3, padding=1)
+    return FineTuner(model, info, folder, schedule, torch.device("cpu"), [case], [case])
+
+
+def events(stdout: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in stdout.getvalue().splitlines()]
+
+
+def test_budget_stops_at_the_first_step_boundary_after_it_and_keeps_the_best_model(tmp_path, monkeypatch):
+    monkeypatch.setattr(finetune_module, "time", Clock(10.0))
+    out = io.StringIO()
+    progress = tuner(tmp_path, steps=50, max_seconds=35.0).run(
+        Reporter(stdout=out, stderr=io.StringIO()), CancelToken()
+    )
+    # One clock reading per step (10 s each) after the start: the 4th step boundary is the first past 35 s.
+    assert progress.step == 4
+    assert progress.validations[-1]["step"] == 4
+    assert (tmp_path / MODEL_PT).is_file() and (tmp_path / "checkpoint_last.pt").is_file()
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert meta["training"]["steps_done"] == 4 and meta["training"]["best_step"] == 4
+    seen = events(out)
+    remaining = [e["remaining_s"] for e in seen if e["event"] == "progress" and e["stage"] == "finetune"]
+    assert remaining == [25.0, 15.0, 5.0, 0.0]
+    assert any("time budget" in e.get("message", "") for e in seen if e["event"] == "log")
+
+
+def test_no_budget_runs_every_step_and_reports_no_remaining_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(finetune_module, "time", Clock(10.0))
+    out = io.StringIO()
+    progress = tuner(tmp_path, steps=6, max_seconds=0.0).run(Reporter(stdout=out, stderr=io.StringIO()), CancelToken())
+    assert progress.step == 6
+    assert not any("remaining_s" in e for e in events(out))
+
+
+@pytest.mark.parametrize("minutes", [-1.0, float("nan")])
+def test_negative_or_nan_budget_is_a_usage_error_naming_the_field(minutes):
+    with pytest.raises(UsageError, match="'max_minutes'"):
+        FinetuneConfig(images=["a.nii.gz"], labels=["a_seg.nii.gz"], out="m", max_minutes=minutes)
+
+
+def test_max_minutes_flag_reaches_the_config():
+    from voco_backend.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["finetune", "--images", "a", "--labels", "b", "--out", "m", "--max-minutes", "2.5"]
+    )
+    assert args.max_minutes == 2.5
