@@ -106,7 +106,7 @@ def test_remote_segment_on_real_ct_matches_a_local_run(sshd, tinyModel, shared_d
 def test_remote_finetune_cancel_leaves_a_resumable_checkpoint_on_the_host(sshd, shared_data, encoder, tmp_path):
     out = tmp_path / "remote_model"
     argv = [*finetuneArgs(shared_data / "ibsi_sts", encoder, 3), "--out", str(out)]
-    runner = RemoteBackendRunner(sshd.remoteHost())
+    runner = RemoteBackendRunner(sshd.remoteHost(), cancelGraceSeconds=600)  # a step may take long on a busy CPU
     steps: list[int] = []
     run = runner.start(argv, onProgress=lambda e: steps.append(e["step"]) if e.get("stage") == "finetune" else None)
     while run.poll() and not steps:
