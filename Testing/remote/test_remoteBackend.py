@@ -148,3 +148,17 @@ def test_dropped_connection_is_one_line_and_the_run_goes_on_on_the_host(sshd, sh
         time.sleep(0.5)
     assert (folder / "out" / f"0_{out.name}" / "checkpoint_last.pt").exists()
     assert (folder / "out" / f"0_{out.name}" / "model.pt").exists()
+
+
+def test_logic_runs_through_the_remote_host_and_back(sshd):
+    from VoCoSlicerLib.logic import VoCoSlicerLogic
+    from VoCoSlicerLib.remoteBackend import RemoteBackendRunner as Runner
+
+    logic = VoCoSlicerLogic()
+    local = logic.runner
+    logic.setRemoteHost(sshd.remoteHost())
+    assert isinstance(logic.runner, Runner) and logic.catalogue.runner is local  # registrations stay local
+    names = [row["name"] for row in logic.runner.run(["models", "list", "--json"]).result["models"]]
+    assert "VoComni_B" in names
+    logic.setRemoteHost(None)
+    assert type(logic.runner) is type(local)
