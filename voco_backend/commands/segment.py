@@ -8,8 +8,9 @@ Examples::
 The image is preprocessed as the model was trained (model.json's recipe), segmented with sliding windows
 (gaussian blending, fused attention, mixed precision per --precision) and the label map is written on the
 input's exact grid (size, spacing, origin and direction of the input). A .seg.nrrd output carries the segment
-names and colours. VoComni_* networks have 20 classes whose names the authors did not publish: they are named
-class_1 … class_20 by label value.
+names and colours. Each class's voxel count, volume (mL) and mean HU are in the result event (``statistics``) and
+in ``<output>.statistics.csv`` beside the label map. VoComni_* networks have 20 classes whose names the authors
+did not publish: they are named class_1 … class_20 by label value.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ def run(config: SegmentConfig, reporter: Reporter, cancel: CancelToken) -> None:
     from voco_backend.distributed import resolve_device
     from voco_backend.segmentation.inference import Segmenter
     from voco_backend.segmentation.model_folder import resolve_segmentation_model
+    from voco_backend.segmentation.statistics import label_statistics, statistics_path, write_statistics
     from voco_backend.segmentation.writers import write_label_map
 
     started = time.monotonic()
@@ -99,10 +101,14 @@ def run(config: SegmentConfig, reporter: Reporter, cancel: CancelToken) -> None:
     )
     cancel.check()
     path = write_label_map(label, config.output, info.classes)
+    statistics = label_statistics(label, image, info.classes)
+    csv_path = write_statistics(statistics, statistics_path(path))
     reporter.result(
         output=str(path),
         size=list(label.GetSize()),
         spacing=list(label.GetSpacing()),
         classes=[c.to_dict() for c in info.classes],
+        statistics=statistics,
+        statistics_csv=str(csv_path),
         seconds=round(time.monotonic() - started, 1),
     )
