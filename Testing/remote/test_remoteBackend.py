@@ -94,11 +94,13 @@ def test_remote_segment_on_real_ct_matches_a_local_run(sshd, tinyModel, shared_d
     )
     assert outcome.ok, outcome.message
     assert outcome.result["output"] == str(remoteOut)  # the host's path rewritten to the local one
+    statistics = remoteOut.parent / "remote.statistics.csv"  # written beside the output there, copied back
+    assert outcome.result["statistics_csv"] == str(statistics) and statistics.read_text().startswith("name,value")
     assert progress and progress[-1]["stage"] == "segment" and progress[-1]["step"] == progress[-1]["total"]
     got, want, image = (sitk.ReadImage(str(p)) for p in (remoteOut, local, ct))
     assert got.GetSize() == image.GetSize() and got.GetOrigin() == image.GetOrigin()
     assert np.array_equal(sitk.GetArrayFromImage(got), sitk.GetArrayFromImage(want))
-    assert not [p for p in remoteOut.parent.iterdir() if p.name.startswith(".")]  # no temporary left here
+    assert sorted(p.name for p in remoteOut.parent.iterdir()) == ["remote.seg.nrrd", "remote.statistics.csv"]
     assert runDirs(sshd) == []  # the run folder on the host is removed
 
 

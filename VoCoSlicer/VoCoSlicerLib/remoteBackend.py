@@ -235,10 +235,11 @@ def _replaceInto(source: Path, target: Path) -> None:
 
 
 def _rewriteValue(value: Any, mapping: Sequence[tuple[str, str]]) -> Any:
+    """``value`` with the host's output paths (prefixes of ``mapping``) turned into the local ones."""
     if isinstance(value, str):
-        for remotePrefix, localPath in mapping:
-            if value == remotePrefix or value.startswith(remotePrefix + "/"):
-                return localPath + value[len(remotePrefix) :]
+        for remotePrefix, localPrefix in mapping:
+            if value.startswith(remotePrefix):
+                return localPrefix + value[len(remotePrefix) :]
         return value
     if isinstance(value, list):
         return [_rewriteValue(v, mapping) for v in value]
@@ -431,20 +432,28 @@ class RemoteBackendRun:
             self._queue.put((kind, line))
 
     def _fetchOutputs(self) -> tuple[int, str] | None:
-        for remotePath, local in self.plan.downloads:
-            local.parent.mkdir(parents=True, exist_ok=True)
-            temporary = local.with_name(f".{local.name}.remote-{uuid.uuid4().hex[:8]}")
-            fetched = self._call(
-                self.host.scpArgs([self.host.remote(f"{self.plan.runDir}/{remotePath}")], str(temporary))
-            )
+        """Copy the run's ``out/`` back beside the first output, then rename each entry into place: the outputs
+        and the files the backend wrote beside them (``0_seg.statistics.csv`` lands beside ``seg.nrrd``)."""
+        if not self.plan.downloads:
+            return None
+        parent = self.plan.downloads[0][1].parent
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = parent / f".remote-out-{uuid.uuid4().hex[:8]}"
+        try:
+            fetched = self._call(self.host.scpArgs([self.host.remote(f"{self.plan.runDir}/out")], str(staging)))
             if fetched.returncode != 0:
-                if temporary.is_dir():
-                    shutil.rmtree(temporary, ignore_errors=True)
-                else:
-                    temporary.unlink(missing_ok=True)
-                exitCode, message = self._failed(fetched, f"copying back {local.name}")
+                exitCode, message = self._failed(fetched, "copying the outputs back")
                 return exitCode, f"{message} (the outputs stay on the host in {self.plan.runDir})"
-            _replaceInto(temporary, local)
+            for index, (remotePath, local) in enumerate(self.plan.downloads):
+                prefix = f"{index}_"
+                for entry in sorted(staging.iterdir()):
+                    if f"out/{entry.name}" == remotePath:
+                        local.parent.mkdir(parents=True, exist_ok=True)
+                        _replaceInto(entry, local)
+                    elif entry.name.startswith(prefix) and entry.is_file():
+                        os.replace(entry, local.parent / entry.name[len(prefix) :])
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         return None
 
     def _failed(self, done: subprocess.CompletedProcess, during: str) -> tuple[int, str]:
@@ -516,10 +525,11 @@ class RemoteBackendRun:
 
     def _pathMapping(self) -> list[tuple[str, str]]:
         mapping = []
-        for remotePath, local in self.plan.downloads:
+        for index, (_, local) in enumerate(self.plan.downloads):
+            localPrefix = f"{local.parent}{os.sep}"
             if self.remoteDir:
-                mapping.append((f"{self.remoteDir}/{remotePath}", str(local)))
-            mapping.append((remotePath, str(local)))
+                mapping.append((f"{self.remoteDir}/out/{index}_", localPrefix))
+            mapping.append((f"out/{index}_", localPrefix))
         return mapping
 
     def _onStdout(self, line: str) -> None:
