@@ -135,6 +135,15 @@ class VoCoSlicerLogic:
         self.runner = runner or BackendRunner(self.environment.command(), self.environment.environment())
         self.catalogue = ModelCatalogue(self.runner)
 
+    def setRemoteHost(self, host: Any | None) -> None:
+        """Run segment/finetune/pretrain on ``host`` (a ``remoteBackend.RemoteHost``) over SSH; None: here again.
+
+        The model list and registrations stay local (the folders a remote run writes are copied back here).
+        """
+        from VoCoSlicerLib.remoteBackend import RemoteBackendRunner
+
+        self.runner = RemoteBackendRunner(host) if host is not None else BackendRunner(self.environment.command())
+
     def segment(
         self,
         volumeNode: slicer.vtkMRMLScalarVolumeNode,

@@ -6,6 +6,7 @@ Examples::
     python -m voco_backend models list --json           # the JSON result event only
     python -m voco_backend models fetch VoCo_B_SSL_head # download, verify the published checksum, cache
     python -m voco_backend models register MODEL_DIR    # a folder written by finetune (model.json + model.pt)
+    python -m voco_backend models import VoCo_B_SSL_head ~/Downloads/VoCo_B_SSL_head.pt  # offline: verify, cache
 
 Downloads are cached in $VOCO_CACHE_DIR/models (default ~/.cache/voco_backend/models) and resume after an
 interruption. Environment: VOCO_CACHE_DIR (the cache folder), VOCO_MODEL_BASE_URL (a mirror: each file is
@@ -16,29 +17,37 @@ packaged one; it must follow the packaged models.schema.json).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
+from pathlib import Path
 from typing import Any
 
 from voco_backend.cancel import CancelToken
 from voco_backend.catalogue import cache_dir, get_entry, load_catalogue, register_model, user_models
 from voco_backend.config import check_choice, field
-from voco_backend.download import download
-from voco_backend.errors import UsageError
+from voco_backend.download import CHUNK_BYTES, download
+from voco_backend.errors import DataError, UsageError
 from voco_backend.protocol import Reporter
 
-ACTIONS = ["list", "fetch", "register"]
+ACTIONS = ["list", "fetch", "register", "import"]
 
 
 @dataclasses.dataclass
 class ModelsConfig:
     """Configuration of ``models``."""
 
-    action: str = field(help="list | fetch NAME | register MODEL_DIR", positional=True, choices=ACTIONS)
+    action: str = field(
+        help="list | fetch NAME | register MODEL_DIR | import NAME FILE", positional=True, choices=ACTIONS
+    )
     name: str | None = field(
         None,
         help="the catalogue NAME to fetch, or the MODEL_DIR to register",
         positional=True,
         nargs="?",
         metavar="NAME",
+    )
+    file: str | None = field(
+        None, help="import: the weights file got by other means (verified, then cached)", positional=True, nargs="?"
     )
     json: bool = field(False, help="list: print only the JSON result event, no table")
 
@@ -47,7 +56,11 @@ class ModelsConfig:
         if self.action == "list" and self.name:
             raise UsageError(f"models list takes no NAME, got '{self.name}'")
         if self.action != "list" and not self.name:
-            raise UsageError(f"models {self.action} needs a {'NAME' if self.action == 'fetch' else 'MODEL_DIR'}")
+            raise UsageError(f"models {self.action} needs a {'MODEL_DIR' if self.action == 'register' else 'NAME'}")
+        if (self.action == "import") != bool(self.file):
+            raise UsageError(
+                "models import needs NAME FILE" if self.action == "import" else f"models {self.action} takes no FILE"
+            )
 
 
 CONFIG = ModelsConfig
@@ -112,6 +125,37 @@ def _table(rows: list[dict[str, Any]]) -> str:
     )
 
 
+def _import(name: str, source: Path, reporter: Reporter, cancel: CancelToken) -> None:
+    """Copy ``source`` into the cache as catalogue model ``name``, hashing as it streams; a mismatch keeps nothing."""
+    entry = get_entry(name)
+    if not source.is_file():
+        raise DataError(f"no such weights file for {entry.name}: give the downloaded {entry.file}", file=source)
+    target = entry.cached_path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    algorithm, expected = entry.checksum or ("sha256", None)
+    digest = hashlib.new(algorithm)
+    temporary = target.with_name(f".{target.name}.import-{os.getpid()}")
+    try:
+        with source.open("rb") as reader, temporary.open("wb") as writer:
+            for chunk in iter(lambda: reader.read(CHUNK_BYTES), b""):
+                cancel.check()
+                digest.update(chunk)
+                writer.write(chunk)
+        if expected is not None and digest.hexdigest() != expected.lower():
+            raise DataError(
+                f"{algorithm} {digest.hexdigest()} is not the catalogue's {expected} for {entry.name}: "
+                f"not the published {entry.file} (nothing was kept)",
+                file=source,
+            )
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+    if expected is None:
+        reporter.log(f"{entry.name} has no published checksum: imported without verification", level="warning")
+    reporter.log(f"imported {entry.name} into {target}")
+    reporter.result(name=entry.name, path=str(target), verified=expected is not None, algorithm=algorithm)
+
+
 def run(config: ModelsConfig, reporter: Reporter, cancel: CancelToken) -> None:
     """Carry out ``config.action`` and emit its result event."""
     if config.action == "list":
@@ -130,6 +174,8 @@ def run(config: ModelsConfig, reporter: Reporter, cancel: CancelToken) -> None:
         reporter.log(f"fetching {entry.name} from {url}")
         path = download(url, entry.cached_path, entry.checksum, reporter, cancel)
         reporter.result(name=entry.name, path=str(path), downloaded=True, verified=verified)
+    elif config.action == "import":
+        _import(str(config.name), Path(str(config.file)), reporter, cancel)
     else:
         model = register_model(str(config.name))
         reporter.result(name=model.name, path=str(model.path), classes=model.classes)

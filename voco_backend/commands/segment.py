@@ -9,6 +9,8 @@ The image is preprocessed as the model was trained (model.json's recipe), segmen
 (gaussian blending, fused attention, mixed precision per --precision) and the label map is written on the
 input's exact grid (size, spacing, origin and direction of the input). A .seg.nrrd output carries the segment
 names and colours. VoComni_* networks carry the 20 class names the authors publish (spleen … lung cancer).
+Each class's voxel count, volume (mL) and mean HU are in the result event (``statistics``) and in
+``<output>.statistics.csv`` beside the label map.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from pathlib import Path
 from voco_backend.cancel import CancelToken
 from voco_backend.config import check_choice, check_range, field
 from voco_backend.cpu_memory import ALLOCATOR_HELP, CPU_ALLOCATORS
-from voco_backend.data.io import has_image_suffix
-from voco_backend.errors import UsageError
+from voco_backend.data.io import IMAGE_SUFFIXES, has_image_suffix
+from voco_backend.errors import DataError, UsageError
 from voco_backend.protocol import Reporter
 from voco_backend.segmentation.inference import INTERPOLATIONS, PRECISIONS
 
@@ -34,8 +36,18 @@ class SegmentConfig:
     model: str = field(
         help="model folder (model.json + model.pt), registered model or catalogue name", metavar="MODEL_DIR|NAME"
     )
-    input: str = field(help="the CT: an image file or a DICOM series folder", metavar="CT")
-    output: str = field(help="label map to write: .nii.gz, .nii, .nrrd, .mha or .seg.nrrd", metavar="LABEL")
+    input: list[str] = field(
+        help="the CT(s): image files, DICOM series folders or list files (.txt: one path a line); several need "
+        "--output-dir",
+        metavar="CT",
+    )
+    output: str | None = field(
+        None, help="label map to write (one input): .nii.gz, .nii, .nrrd, .mha or .seg.nrrd", metavar="LABEL"
+    )
+    output_dir: str | None = field(
+        None, help="batch: write <name>_seg<--output-suffix> here for each input (one model load)", metavar="DIR"
+    )
+    output_suffix: str = field(".nii.gz", help="batch: the label maps' format, e.g. .nii.gz or .seg.nrrd")
     device: str = field("auto", help="auto, cpu or cuda", choices=DEVICES)
     overlap: float = field(0.5, help="sliding-window overlap in [0, 1)")
     tta: bool = field(False, help="test-time augmentation: average over flips of each axis (4x the time)")
@@ -59,10 +71,50 @@ class SegmentConfig:
         check_choice("interpolation", self.interpolation, INTERPOLATIONS)
         check_choice("cpu_allocator", self.cpu_allocator, CPU_ALLOCATORS)
         check_range("overlap", self.overlap, 0.0, 0.95)
-        if not has_image_suffix(Path(self.output)):
-            raise UsageError(
-                f"field 'output' must end with .nii.gz, .nii, .nrrd, .seg.nrrd or .mha, got {self.output!r}"
-            )
+        if (self.output is None) == (self.output_dir is None):
+            raise UsageError("give either --output LABEL (one input) or --output-dir DIR (one or more inputs)")
+        if self.output is not None and (len(self.input) != 1 or is_list_file(self.input[0])):
+            raise UsageError("several inputs (or a list file) need --output-dir DIR instead of --output")
+        for name, value in (("output", self.output), ("output_suffix", f"x{self.output_suffix}")):
+            if value is not None and not has_image_suffix(Path(value)):
+                raise UsageError(f"field '{name}' must end with .nii.gz, .nii, .nrrd, .seg.nrrd or .mha, got {value!r}")
+
+
+LIST_SUFFIXES = (".txt", ".lst")
+
+
+def is_list_file(path: str) -> bool:
+    """Whether ``path`` names a list file (one CT path a line) rather than an image."""
+    return Path(path).suffix.lower() in LIST_SUFFIXES and Path(path).is_file()
+
+
+def expand_inputs(inputs: list[str]) -> list[str]:
+    """The CTs of ``inputs``: list files replaced by their lines (relative to the list's folder; # comments)."""
+    found: list[str] = []
+    for item in inputs:
+        if not is_list_file(item):
+            found.append(item)
+            continue
+        for line in Path(item).read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                found.append(str(Path(item).parent / line) if not Path(line).is_absolute() else line)
+    return found
+
+
+def batch_output(input_path: str, folder: str, suffix: str, taken: set[str]) -> Path:
+    """``folder/<name>_seg<suffix>`` for one input (its file or folder name, image suffix dropped; unique)."""
+    name = Path(input_path.rstrip("/\\")).name
+    for image_suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(image_suffix):
+            name = name[: -len(image_suffix)]
+            break
+    candidate, n = f"{name}_seg", 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{name}_{n}_seg"
+    taken.add(candidate)
+    return Path(folder) / f"{candidate}{suffix}"
 
 
 CONFIG = SegmentConfig
@@ -77,6 +129,7 @@ def run(config: SegmentConfig, reporter: Reporter, cancel: CancelToken) -> None:
     from voco_backend.distributed import resolve_device
     from voco_backend.segmentation.inference import Segmenter
     from voco_backend.segmentation.model_folder import resolve_segmentation_model
+    from voco_backend.segmentation.statistics import label_statistics, statistics_path, write_statistics
     from voco_backend.segmentation.writers import write_label_map
 
     started = time.monotonic()
@@ -87,21 +140,58 @@ def run(config: SegmentConfig, reporter: Reporter, cancel: CancelToken) -> None:
         reporter.log(f"{info.name}: {info.note}", level="warning")
     segmenter = Segmenter(info, weights, device, config.precision, config.flash_attention)
     reporter.log(f"model {info.name}: {segmenter.report.summary()}")
-    image = read_image(config.input)
-    label = segmenter.segment(
-        image,
-        overlap=config.overlap,
-        tta=config.tta,
-        interpolation=config.interpolation,
-        cancel=cancel,
-        progress=lambda done, total: reporter.progress("segment", done, total),
-    )
-    cancel.check()
-    path = write_label_map(label, config.output, info.classes)
-    reporter.result(
-        output=str(path),
-        size=list(label.GetSize()),
-        spacing=list(label.GetSpacing()),
-        classes=[c.to_dict() for c in info.classes],
-        seconds=round(time.monotonic() - started, 1),
-    )
+    inputs = expand_inputs(config.input)
+    if not inputs:
+        raise UsageError(f"field 'input': the list file {config.input[0]} names no CT")
+    taken: set[str] = set()
+    if config.output_dir is not None:
+        Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+        outputs = [batch_output(p, config.output_dir, config.output_suffix, taken) for p in inputs]
+    else:
+        outputs = [Path(str(config.output))]
+    done: list[dict] = []
+    failed: list[tuple[str, DataError]] = []
+    for index, (input_path, output_path) in enumerate(zip(inputs, outputs, strict=True)):
+        volume = {"volume": index + 1, "volumes": len(inputs)} if len(inputs) > 1 else {}
+        try:
+            image = read_image(input_path)
+            label = segmenter.segment(
+                image,
+                overlap=config.overlap,
+                tta=config.tta,
+                interpolation=config.interpolation,
+                cancel=cancel,
+                progress=lambda done_, total, v=volume: reporter.progress("segment", done_, total, **v),
+            )
+        except DataError as exc:
+            if len(inputs) == 1:
+                raise
+            failed.append((input_path, exc))
+            reporter.log(f"{input_path}: {exc.message}; going on with the others", level="warning", input=input_path)
+            continue
+        cancel.check()
+        path = write_label_map(label, output_path, info.classes)
+        statistics = label_statistics(label, image, info.classes)
+        csv_path = write_statistics(statistics, statistics_path(path))
+        fields = dict(
+            input=input_path,
+            output=str(path),
+            size=list(label.GetSize()),
+            spacing=list(label.GetSpacing()),
+            classes=[c.to_dict() for c in info.classes],
+            statistics=statistics,
+            statistics_csv=str(csv_path),
+            seconds=round(time.monotonic() - started, 1),
+        )
+        done.append(fields)
+        reporter.result(**fields, **volume)
+    if len(inputs) > 1:
+        reporter.result(
+            outputs=[d["output"] for d in done],
+            failed=[{"input": p, "message": e.message} for p, e in failed],
+            classes=[c.to_dict() for c in info.classes],
+            seconds=round(time.monotonic() - started, 1),
+        )
+    if failed:
+        first, error = failed[0]
+        raise DataError(f"{len(failed)} of {len(inputs)} volumes failed, the others are done: {error.message}", first)
