@@ -1,8 +1,9 @@
 """The deterministic preprocessing recipe shared by pretraining, fine-tuning and segmentation.
 
-Load with SimpleITK → channel-first RAS → resample to the recipe spacing → window HU to [0, 1] → crop to the
-foreground → pad to a minimum size. Everything here is deterministic, so its output can be cached on disk,
-keyed by :meth:`Recipe.key`.
+Load with SimpleITK → channel-first RAS → resample to the recipe spacing (unless it is None: the scan's own
+spacing, as the CVPR/10k pretraining code does) → window HU to [0, 1] → crop to the foreground (windowed values
+above ``foreground_threshold``) → pad to a minimum size. Everything here is deterministic, so its output can be
+cached on disk, keyed by :meth:`Recipe.key`.
 """
 
 from __future__ import annotations
@@ -34,10 +35,11 @@ CACHE_FORMAT_VERSION = 1
 class Recipe:
     """Deterministic preprocessing parameters (what a model was trained with and must be applied with)."""
 
-    spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)
+    spacing: tuple[float, float, float] | None = (1.5, 1.5, 1.5)
     window: tuple[float, float] = (-1000.0, 1000.0)
     min_size: tuple[int, int, int] = (64, 64, 64)
     crop_foreground: bool = True
+    foreground_threshold: float = 0.0
 
     def key(self) -> str:
         """A short hash that changes whenever the recipe (or the cache format) changes."""
@@ -74,8 +76,14 @@ class LoadSitkd(MapTransform):
         return out
 
 
-def _above_zero(x: torch.Tensor) -> torch.Tensor:
-    return x > 0
+class _Above:
+    """``select_fn`` of CropForegroundd: windowed values above a threshold (a class, so the pipeline pickles)."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x > self.threshold
 
 
 def deterministic_transforms(recipe: Recipe, label_key: str | None = None) -> Compose:
@@ -85,12 +93,16 @@ def deterministic_transforms(recipe: Recipe, label_key: str | None = None) -> Co
     steps: list = [
         LoadSitkd(keys, [torch.float32] + ([torch.int16] if label_key else [])),
         Orientationd(keys=keys, axcodes="RAS", labels=None),
-        Spacingd(keys=keys, pixdim=recipe.spacing, mode=modes),
+    ]
+    if recipe.spacing is not None:
+        steps.append(Spacingd(keys=keys, pixdim=recipe.spacing, mode=modes))
+    steps += [
         ScaleIntensityRanged(keys="image", a_min=recipe.window[0], a_max=recipe.window[1], b_min=0.0, b_max=1.0,
                              clip=True),
     ]
     if recipe.crop_foreground:
-        steps.append(CropForegroundd(keys=keys, source_key="image", select_fn=_above_zero, allow_smaller=True))
+        steps.append(CropForegroundd(keys=keys, source_key="image", select_fn=_Above(recipe.foreground_threshold),
+                                     allow_smaller=True))
     steps += [
         SpatialPadd(keys=keys, spatial_size=recipe.min_size, mode="constant"),
         EnsureTyped(keys=keys, track_meta=True),

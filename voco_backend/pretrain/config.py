@@ -25,6 +25,9 @@ RECIPES: dict[str, dict] = {
         "shift_prob": 0.5,
         "inter": True,
         "symmetric": False,
+        "window": [-1000.0, 1000.0],
+        "resample": True,
+        "foreground_threshold": 0.0,
     },
     "10k": {
         "region_xy": 384,
@@ -36,11 +39,15 @@ RECIPES: dict[str, dict] = {
         "teacher": "network",
         "region_mode": "resize",
         # Luffy03/VoCo (CVPR) where it differs from TPAMI (VOCO.md §6b): no dropout, no inter-volume loss,
-        # symmetric logits, intensity shift p 0.1.
+        # symmetric logits, intensity shift p 0.1, the abdomen window with a foreground above 0.3 of it
+        # (≈ −47.5 HU) and each scan at its own spacing.
         "dropout": 0.0,
         "shift_prob": 0.1,
         "inter": False,
         "symmetric": True,
+        "window": [-175.0, 250.0],
+        "resample": False,
+        "foreground_threshold": 0.3,
     },
 }
 
@@ -100,7 +107,15 @@ class PretrainConfig:
         choices=list(MERGE_ORDERS),
     )
     spacing: list[float] = field([1.5, 1.5, 1.5], help="resampling spacing in mm (x y z)")
-    window: list[float] = field([-1000.0, 1000.0], help="HU window mapped to [0, 1] (low high)")
+    resample: bool | None = field(
+        None, help="resample to --spacing (recipe default: on tpami; off 10k, which keeps each scan's spacing)"
+    )
+    window: list[float] | None = field(
+        None, help="HU window mapped to [0, 1] (low high; recipe default: -1000 1000 tpami, -175 250 10k)"
+    )
+    foreground_threshold: float | None = field(
+        None, help="the foreground crop keeps windowed values above this (recipe default: 0 tpami, 0.3 10k)"
+    )
     cache_dir: str | None = field(None, help="preprocessing cache (default $VOCO_CACHE_DIR/preprocessed)")
     preprocess_only: bool = field(
         False, help="fill the preprocessing cache and exit (several processes may fill one cache at once)"
@@ -147,6 +162,7 @@ class PretrainConfig:
         check_range("ema_momentum", self.ema_momentum, 0.0, 1.0)
         check_range("dropout", self.dropout, 0.0, 0.99)
         check_range("shift_prob", self.shift_prob, 0.0, 1.0)
+        check_range("foreground_threshold", self.foreground_threshold, 0.0, 0.99)
         if self.threads is not None:
             check_range("threads", self.threads, low=1)
         if self.warmup_steps is None:

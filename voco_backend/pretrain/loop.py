@@ -45,7 +45,8 @@ def recipe_of(config: PretrainConfig) -> Recipe:
     min_size = (config.region_xy, config.region_xy, config.region_depth)
     if config.region_mode == "resize":
         min_size = (32, 32, 16)
-    return Recipe(spacing=tuple(config.spacing), window=tuple(config.window), min_size=min_size)
+    return Recipe(spacing=tuple(config.spacing) if config.resample else None, window=tuple(config.window),
+                  min_size=min_size, foreground_threshold=config.foreground_threshold)
 
 
 def init_fresh_parts(config: PretrainConfig) -> str:

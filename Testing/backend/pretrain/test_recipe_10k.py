@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from voco_backend.pretrain.config import PretrainConfig
@@ -138,3 +139,35 @@ def test_10k_intensity_shift_probability_is_one_tenth():
     )
     assert abs(shifted - 0.1) < 0.02
     assert PretrainConfig(data=["x"], out="r").shift_prob == 0.5
+
+
+def test_10k_keeps_each_scans_spacing_and_crops_the_foreground_above_03_of_the_abdomen_window(tmp_path):
+    """CVPR code: window −175…250, foreground x > 0.3 (≈ −47.5 HU), no resampling; TPAMI keeps its own rules."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from voco_backend.data.recipe import deterministic_transforms
+    from voco_backend.pretrain.loop import recipe_of
+
+    hu = np.full((20, 30, 40), -1000.0, dtype=np.float32)  # SimpleITK order z, y, x: 40 × 30 × 20 voxels (x y z)
+    hu[2:18, 5:25, 5:35] = -100.0  # fat-like: above the TPAMI floor (−1000), below the 10k threshold (−47.5)
+    hu[5:15, 10:20, 12:28] = 40.0  # soft tissue (x 16, y 10, z 10 voxels): above both
+    image = sitk.GetImageFromArray(hu)
+    image.SetSpacing((0.8, 0.9, 2.5))
+    path = tmp_path / "ct.nrrd"
+    sitk.WriteImage(image, str(path))
+
+    config = PretrainConfig(data=[str(path)], out=str(tmp_path / "run"), recipe="10k")
+    assert (config.window, config.resample, config.foreground_threshold) == ([-175.0, 250.0], False, 0.3)
+    recipe = recipe_of(config)
+    out = deterministic_transforms(recipe)({"image": str(path)})["image"]
+    assert tuple(float(s) for s in out.pixdim) == pytest.approx((0.8, 0.9, 2.5))  # the scan's own spacing
+    # The soft-tissue box alone is the foreground (the fat around it is cut away), padded to the minimum size.
+    assert tuple(out.shape[1:]) == (32, 32, 16)
+    assert int((np.asarray(out[0]) > 0.3).sum()) == 16 * 10 * 10
+    assert int((np.asarray(out[0]) > 0).sum()) == 16 * 10 * 10
+    assert float(np.asarray(out[0]).max()) == pytest.approx((40.0 + 175.0) / 425.0, rel=1e-5)
+
+    tpami = PretrainConfig(data=[str(path)], out=str(tmp_path / "run"))
+    assert (tpami.window, tpami.resample, tpami.foreground_threshold) == ([-1000.0, 1000.0], True, 0.0)
+    assert recipe_of(tpami).spacing == (1.5, 1.5, 1.5)
