@@ -39,6 +39,9 @@ from voco_backend.pretrain.run_log import RunLog
 from voco_backend.protocol import Reporter
 from voco_backend.weights import export_encoder, load_pretrained
 
+# The EMA teacher's encoder of a whole-network teacher (10k recipe), in the same flat 145-key layout.
+TEACHER_ENCODER = "encoder_teacher.pt"
+
 
 def recipe_of(config: PretrainConfig) -> Recipe:
     """The deterministic preprocessing of this run (volumes padded to at least one region)."""
@@ -207,6 +210,8 @@ def _train(config: PretrainConfig, ctx: DistContext, reporter: Reporter, cancel:
         if ctx.is_main:
             save_checkpoint(state, run_dir, step, keep)
             export_encoder(model.encoder, run_dir / "encoder.pt")
+            if model.teacher_encoder is not None:  # the CVPR release may be the EMA teacher (VOCO.md §6b)
+                export_encoder(model.teacher_encoder, run_dir / TEACHER_ENCODER)
         barrier(ctx)
 
     step = start
@@ -233,7 +238,9 @@ def _train(config: PretrainConfig, ctx: DistContext, reporter: Reporter, cancel:
             if log.history:
                 log.plot(f"VoCo pretraining ({config.model_size}, {config.recipe})")
             log.close()
-    return {"run_dir": str(run_dir), "encoder": str(run_dir / "encoder.pt"), "checkpoint": str(run_dir / LAST),
+    teacher = {"teacher_encoder": str(run_dir / TEACHER_ENCODER)} if model.teacher_encoder is not None else {}
+    return {"run_dir": str(run_dir), "encoder": str(run_dir / "encoder.pt"), **teacher,
+            "checkpoint": str(run_dir / LAST),
             "steps": step, "final_loss": log.history[-1]["loss"] if log and log.history else None,
             "volumes": len(valid), "init": init_summary, "merge_order": config.merge_order,
             "loss_png": str(run_dir / "loss.png")}

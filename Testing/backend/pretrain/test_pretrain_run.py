@@ -226,3 +226,16 @@ def test_resume_with_dataloader_workers_continues_to_the_same_next_step_loss(ful
                           "--workers", "2")
     assert code == 0, evts[-1]
     assert step_losses(evts)[3] == pytest.approx(step_losses(full_run[1])[3], rel=1e-5, abs=1e-6)
+
+
+def test_10k_recipe_exports_the_ema_teacher_encoder_beside_the_student(tmp_path, ct, cache):
+    """The released CVPR encoder may be the EMA teacher (VOCO.md §6b): a 10k run exports both, official layout."""
+    run_dir = tmp_path / "run"
+    code, evts = pretrain("--data", ct, "--out", str(run_dir), "--steps", "1", "--cache-dir", cache,
+                          "--recipe", "10k", "--volumes-per-step", "1", "--crop-resize", "64")
+    assert code == 0, evts[-1]
+    student = torch.load(run_dir / "encoder.pt", weights_only=True)
+    teacher = torch.load(evts[-1]["teacher_encoder"], weights_only=True)
+    assert Path(evts[-1]["teacher_encoder"]) == run_dir / "encoder_teacher.pt"
+    assert sorted(student) == sorted(teacher) and len(teacher) == 145
+    assert any(not torch.equal(student[k], teacher[k]) for k in student)  # independently initialised, then EMA
