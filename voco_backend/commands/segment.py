@@ -49,7 +49,15 @@ class SegmentConfig:
     )
     output_suffix: str = field(".nii.gz", help="batch: the label maps' format, e.g. .nii.gz or .seg.nrrd")
     device: str = field("auto", help="auto, cpu or cuda", choices=DEVICES)
-    overlap: float = field(0.5, help="sliding-window overlap in [0, 1)")
+    overlap: float | None = field(
+        None, help="sliding-window overlap in [0, 0.95] (default: the model's recommended, e.g. VoComni 0.75; else 0.5)"
+    )
+    blend: str | None = field(
+        None,
+        help="blending of overlapping windows: gaussian or constant (default: the model's, e.g. VoComni constant; "
+        "else gaussian)",
+        choices=["gaussian", "constant"],
+    )
     tta: bool = field(False, help="test-time augmentation: average over flips of each axis (4x the time)")
     precision: str = field(
         "auto",
@@ -70,7 +78,10 @@ class SegmentConfig:
         check_choice("precision", self.precision, PRECISIONS)
         check_choice("interpolation", self.interpolation, INTERPOLATIONS)
         check_choice("cpu_allocator", self.cpu_allocator, CPU_ALLOCATORS)
-        check_range("overlap", self.overlap, 0.0, 0.95)
+        if self.overlap is not None:
+            check_range("overlap", self.overlap, 0.0, 0.95)
+        if self.blend is not None:
+            check_choice("blend", self.blend, ["gaussian", "constant"])
         if (self.output is None) == (self.output_dir is None):
             raise UsageError("give either --output LABEL (one input) or --output-dir DIR (one or more inputs)")
         if self.output is not None and (len(self.input) != 1 or is_list_file(self.input[0])):
@@ -127,7 +138,7 @@ def run(config: SegmentConfig, reporter: Reporter, cancel: CancelToken) -> None:
     from voco_backend.cpu_memory import apply_cpu_allocator
     from voco_backend.data.io import read_image
     from voco_backend.distributed import resolve_device
-    from voco_backend.segmentation.inference import Segmenter
+    from voco_backend.segmentation.inference import Segmenter, window_settings
     from voco_backend.segmentation.model_folder import resolve_segmentation_model
     from voco_backend.segmentation.statistics import label_statistics, statistics_path, write_statistics
     from voco_backend.segmentation.writers import write_label_map
@@ -140,6 +151,10 @@ def run(config: SegmentConfig, reporter: Reporter, cancel: CancelToken) -> None:
         reporter.log(f"{info.name}: {info.note}", level="warning")
     segmenter = Segmenter(info, weights, device, config.precision, config.flash_attention)
     reporter.log(f"model {info.name}: {segmenter.report.summary()}")
+    overlap, blend, recommended = window_settings(info.init, config.overlap, config.blend)
+    if recommended:
+        reporter.log(f"sliding windows: overlap {overlap}, {blend} blending, as {info.name}'s authors run it "
+                     "(--overlap / --blend to change)")
     inputs = expand_inputs(config.input)
     if not inputs:
         raise UsageError(f"field 'input': the list file {config.input[0]} names no CT")
@@ -157,7 +172,8 @@ def run(config: SegmentConfig, reporter: Reporter, cancel: CancelToken) -> None:
             image = read_image(input_path)
             label = segmenter.segment(
                 image,
-                overlap=config.overlap,
+                overlap=overlap,
+                blend=blend,
                 tta=config.tta,
                 interpolation=config.interpolation,
                 cancel=cancel,

@@ -65,6 +65,19 @@ def count_windows(shape: Sequence[int], roi: Sequence[int], overlap: float) -> i
     return total
 
 
+DEFAULT_OVERLAP = 0.5
+DEFAULT_BLEND = "gaussian"
+
+
+def window_settings(info_init: dict, overlap: float | None, blend: str | None) -> tuple[float, str, bool]:
+    """Sliding-window overlap and blending: the user's, else the model's recommended (a catalogue network's
+    authors' recipe, e.g. VoComni 0.75 / constant), else 0.5 / gaussian. The flag says the model's were used."""
+    recommended = (overlap is None and "overlap" in info_init) or (blend is None and "blend" in info_init)
+    chosen_overlap = overlap if overlap is not None else float(info_init.get("overlap", DEFAULT_OVERLAP))
+    chosen_blend = blend if blend is not None else str(info_init.get("blend", DEFAULT_BLEND))
+    return chosen_overlap, chosen_blend, recommended
+
+
 def sliding_window_probabilities(
     model: nn.Module,
     image: torch.Tensor,
@@ -197,6 +210,7 @@ class Segmenter:
         *,
         overlap: float,
         tta: bool = False,
+        blend: str = DEFAULT_BLEND,
         cancel: CancelToken | None = None,
         progress: ProgressFn | None = None,
     ) -> tuple[torch.Tensor, np.ndarray]:
@@ -210,6 +224,7 @@ class Segmenter:
             device=self.device,
             dtype=self.dtype,
             tta=tta,
+            mode=blend,
             cancel=cancel,
             progress=progress,
         )
@@ -222,10 +237,13 @@ class Segmenter:
         overlap: float,
         tta: bool = False,
         interpolation: str = "linear",
+        blend: str = DEFAULT_BLEND,
         cancel: CancelToken | None = None,
         progress: ProgressFn | None = None,
     ) -> sitk.Image:
         """The label map of ``image`` (label values of the classes) on ``image``'s exact grid."""
-        probabilities, affine = self.probabilities(image, overlap=overlap, tta=tta, cancel=cancel, progress=progress)
+        probabilities, affine = self.probabilities(
+            image, overlap=overlap, tta=tta, blend=blend, cancel=cancel, progress=progress
+        )
         values = [0] + [c.value for c in self.info.classes]
         return restore_to_grid(probabilities, affine, image, values, interpolation)

@@ -43,3 +43,20 @@ def test_a_folder_made_before_the_record_runs_in_monai_15_order_and_says_so(tmp_
     segmenter = Segmenter(info, tmp_path / MODEL_PT, torch.device("cpu"), "fp32", flash_attention=False)
     merges = [m for m in segmenter.model.modules() if type(m).__name__.startswith("PatchMerging")]
     assert merges and all(type(m).__name__ == "PatchMerging" for m in merges)  # MONAI's own (1.5) order
+
+
+def test_vocomni_segments_with_its_authors_overlap_and_blending_unless_the_user_sets_them(tmp_path):
+    """VoComni's authors run overlap 0.75 with constant blending (VOCO.md §7); our models keep 0.5 / gaussian."""
+    from voco_backend.catalogue import get_entry
+    from voco_backend.segmentation.inference import window_settings
+    from voco_backend.segmentation.model_folder import catalogue_model_info
+
+    vocomni = catalogue_model_info(tmp_path / get_entry("VoComni_B").file)
+    assert vocomni.recipe.window == (-175.0, 250.0) and vocomni.recipe.spacing == (1.5, 1.5, 1.5)
+    assert window_settings(vocomni.init, None, None) == (0.75, "constant", True)
+    assert window_settings(vocomni.init, 0.25, "gaussian") == (0.25, "gaussian", False)
+    assert window_settings(vocomni.init, 0.25, None) == (0.25, "constant", True)
+    write_model_info(tmp_path, _info())
+    (tmp_path / MODEL_PT).write_bytes(b"x")
+    ours = read_model_info(tmp_path)
+    assert window_settings(ours.init, None, None) == (0.5, "gaussian", False)
