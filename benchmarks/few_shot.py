@@ -112,8 +112,12 @@ def dice_per_patient(model: Path, val: list[tuple[Path, Path]], device: str) -> 
     for image_path, mask_path in val:
         ref = read_image(mask_path)
         pred = on_reference_grid(segmenter.segment(read_image(image_path), overlap=0.5), ref)
-        metrics = class_metrics(sitk.GetArrayViewFromImage(pred) == 1, sitk.GetArrayViewFromImage(ref) > 0,
-                                tuple(reversed(ref.GetSpacing())), 2.0)
+        metrics = class_metrics(
+            sitk.GetArrayViewFromImage(pred) == 1,
+            sitk.GetArrayViewFromImage(ref) > 0,
+            tuple(reversed(ref.GetSpacing())),
+            2.0,
+        )
         dice.append(float("nan") if metrics["dice"] is None else float(metrics["dice"]))
     return dice
 
@@ -140,8 +144,12 @@ def main() -> None:
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 3, 5], help="labelled training cases")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--steps", type=int, default=40, help="the step budget of every run")
-    parser.add_argument("--budget-minutes", type=float, default=0.0,
-                        help="a wall-clock training budget for every row instead of --steps (0: steps decide)")
+    parser.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=0.0,
+        help="a wall-clock training budget for every row instead of --steps (0: steps decide)",
+    )
     parser.add_argument("--nnunet-python", help="python of a virtual environment with nnunetv2: adds its row")
     parser.add_argument("--val-every", type=int, default=10)
     parser.add_argument("--val-cases", type=int, default=4, help="the last N cases by name are the validation set")
@@ -176,8 +184,9 @@ def main() -> None:
             budget_s = args.budget_minutes * 60
             for seed in args.seeds:
                 folder = work / f"{shots}shot_nnunet_seed{seed}"
-                dice = nnunet_dice_per_patient(pool[:shots], val, seed, budget_s, folder, args.nnunet_python,
-                                               args.device)
+                dice = nnunet_dice_per_patient(
+                    pool[:shots], val, seed, budget_s, folder, args.nnunet_python, args.device
+                )
                 patients.setdefault((shots, "nnU-Net v2"), []).append(dice)
                 report_run(shots, "nnU-Net v2", seed, dice)
 
@@ -187,8 +196,10 @@ def main() -> None:
         f"{budget}, roi {args.roi}, spacing {args.spacing}, seeds {args.seeds}, device {args.device}\n"
     )
     names = [*inits, *(["nnU-Net v2"] if args.nnunet_python else [])]
-    print("| shots | init | Dice per validation patient (seed mean) | mean ± sd over seeds | vs scratch "
-          "| steps to scratch's final val Dice |")
+    print(
+        "| shots | init | Dice per validation patient (seed mean) | mean ± sd over seeds | vs scratch "
+        "| steps to scratch's final val Dice |"
+    )
     print("|---|---|---|---|---|---|")
     for shots in args.shots:
         scratch = statistics.mean(mean_of(d) for d in patients[shots, "scratch"])
@@ -210,8 +221,9 @@ def main() -> None:
 
 def report_run(shots: int, name: str, seed: int, dice: list[float]) -> None:
     """One line per finished run."""
-    print(f"done: {shots} shot(s), {name}, seed {seed}: Dice per patient {' '.join(f'{d:.3f}' for d in dice)}",
-          flush=True)
+    print(
+        f"done: {shots} shot(s), {name}, seed {seed}: Dice per patient {' '.join(f'{d:.3f}' for d in dice)}", flush=True
+    )
 
 
 def mean_of(values: list[float]) -> float:

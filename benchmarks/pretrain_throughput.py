@@ -65,8 +65,9 @@ def child(variant: str, size: str, steps: int, data: list[str], cache: str, devi
     from voco_backend.pretrain.loop import _autocast, recipe_of, train_step
     from voco_backend.protocol import Reporter
 
-    config = PretrainConfig(data=data, out="unused", model_size=size, steps=steps + 1, volumes_per_step=1,
-                            device=device, **options)
+    config = PretrainConfig(
+        data=data, out="unused", model_size=size, steps=steps + 1, volumes_per_step=1, device=device, **options
+    )
     dev = torch.device("cuda" if device == "cuda" else "cpu")
     grid = config.crop_grid()
     torch.manual_seed(0)
@@ -79,8 +80,9 @@ def child(variant: str, size: str, steps: int, data: list[str], cache: str, devi
         for module in model.modules():  # same parameters: only the attention's code changes
             if type(module) is SDPAWindowAttention:
                 module.__class__ = WindowAttention
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, amsgrad=True,
-                                  weight_decay=0.01)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=1e-4, amsgrad=True, weight_decay=0.01
+    )
     crops = config.volumes_per_step * (config.random_crops + grid.num_bases)
     autocast, fp16 = _autocast(config, dev)
     times = []
@@ -98,8 +100,9 @@ def child(variant: str, size: str, steps: int, data: list[str], cache: str, devi
             times.append(time.perf_counter() - began)
     else:
         volumes = CachedVolumes(resolve_sources(data), recipe_of(config), Path(cache))
-        valid = sorted(set(range(len(volumes))) - set(volumes.prepare(range(len(volumes)),
-                                                                      Reporter(enabled=False), CancelToken())))
+        valid = sorted(
+            set(range(len(volumes))) - set(volumes.prepare(range(len(volumes)), Reporter(enabled=False), CancelToken()))
+        )
         batcher = CropBatcher(volumes, valid, grid, config.random_crops, 1, config.region_mode, 0)
         scheduler = WarmupCosineSchedule(optimizer, warmup_steps=0, t_total=steps + 1)
         scaler = torch.amp.GradScaler("cuda", enabled=fp16)
@@ -123,8 +126,14 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["tiny", "B"])
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     parser.add_argument("--steps", type=int, default=2, help="timed steps per row (after one warm-up step)")
-    parser.add_argument("--data", nargs="+", default=[str(DEFAULT_DATA / "ibsi_sts" / "STS_002_CT_image.nii.gz"),
-                                                      str(DEFAULT_DATA / "slicerio" / "CTChest4.nrrd")])
+    parser.add_argument(
+        "--data",
+        nargs="+",
+        default=[
+            str(DEFAULT_DATA / "ibsi_sts" / "STS_002_CT_image.nii.gz"),
+            str(DEFAULT_DATA / "slicerio" / "CTChest4.nrrd"),
+        ],
+    )
     parser.add_argument("--cache", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "voco_bench_cache"))
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--child", nargs=2, metavar=("VARIANT", "SIZE"), help=argparse.SUPPRESS)
@@ -135,8 +144,21 @@ def main() -> None:
     rows = []
     for size in args.sizes:
         for variant in args.variants:
-            cmd = [sys.executable, __file__, "--child", variant, size, "--steps", str(args.steps),
-                   "--cache", args.cache, "--device", args.device, "--data", *args.data]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                variant,
+                size,
+                "--steps",
+                str(args.steps),
+                "--cache",
+                args.cache,
+                "--device",
+                args.device,
+                "--data",
+                *args.data,
+            ]
             done = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if done.returncode != 0:  # e.g. killed by the kernel's OOM killer (-9): a row, not the end
                 rows.append({"size": size, "variant": variant, "failed": done.returncode})
@@ -145,8 +167,9 @@ def main() -> None:
             rows.append({"size": size, "variant": variant, **json.loads(done.stdout.strip().splitlines()[-1])})
             print(f"  measured {size} {variant}: {rows[-1]['step_s']:.2f} s/step", file=sys.stderr, flush=True)
     print(f"\nPretraining step on {args.device} ({os.cpu_count()} cores), 64³ crops, {args.steps} timed steps/row\n")
-    print("| size | variant | crops/step | s/step | crops/s | ratio vs floor | peak RSS GB | RSS vs floor "
-          "| GPU peak GB |")
+    print(
+        "| size | variant | crops/step | s/step | crops/s | ratio vs floor | peak RSS GB | RSS vs floor | GPU peak GB |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         floor = next(r for r in rows if r["size"] == row["size"] and r["variant"] == "floor")
@@ -154,9 +177,11 @@ def main() -> None:
             print(f"| {row['size']} | {row['variant']} | – | failed (exit {row.get('failed')}) | – | – | – | – | – |")
             continue
         gpu = "–" if row["gpu_peak_gb"] is None else f"{row['gpu_peak_gb']:.2f}"
-        print(f"| {row['size']} | {row['variant']} | {row['crops']} | {row['step_s']:.2f} | "
-              f"{row['crops'] / row['step_s']:.3f} | {row['step_s'] / floor['step_s']:.2f} | "
-              f"{row['peak_rss_gb']:.2f} | {row['peak_rss_gb'] / floor['peak_rss_gb']:.2f} | {gpu} |")
+        print(
+            f"| {row['size']} | {row['variant']} | {row['crops']} | {row['step_s']:.2f} | "
+            f"{row['crops'] / row['step_s']:.3f} | {row['step_s'] / floor['step_s']:.2f} | "
+            f"{row['peak_rss_gb']:.2f} | {row['peak_rss_gb'] / floor['peak_rss_gb']:.2f} | {gpu} |"
+        )
 
 
 if __name__ == "__main__":

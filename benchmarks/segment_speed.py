@@ -102,7 +102,12 @@ def worker(variant: str, model: str, image_path: str, output: str, overlap: floa
     elif "blend" in options:
         data = preprocess(info.recipe, image)
         probabilities = sliding_window_probabilities(
-            segmenter.model, data["image"], info.roi, overlap=overlap, device=device, dtype=segmenter.dtype,
+            segmenter.model,
+            data["image"],
+            info.roi,
+            overlap=overlap,
+            device=device,
+            dtype=segmenter.dtype,
             mode=options["blend"],
         )
         values = [0] + [c.value for c in info.classes]

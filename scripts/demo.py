@@ -31,8 +31,7 @@ def backend(*args: str) -> dict:
     """Run one backend command; return its result event (exit on failure with the backend's own message)."""
     began = time.perf_counter()
     print(f"\n$ python -m voco_backend {' '.join(args)}", flush=True)
-    proc = subprocess.Popen([sys.executable, "-m", "voco_backend", *args], stdout=subprocess.PIPE, text=True,
-                            cwd=REPO)
+    proc = subprocess.Popen([sys.executable, "-m", "voco_backend", *args], stdout=subprocess.PIPE, text=True, cwd=REPO)
     result: dict = {}
     for line in proc.stdout:
         if line.startswith("{"):
@@ -56,22 +55,86 @@ def main() -> None:
     files = {k: Path(v) for k, v in backend("sample-data")["files"].items()}
     chest, chest_seg, abdomen = files["CTChest4.nrrd"], files["Segmentation.seg.nrrd"], files["example_ct.nii.gz"]
 
-    pretrain = backend("pretrain", "--data", str(chest), "--out", str(out / "pretrain"),
-                       "--model-size", "tiny", "--steps", "8", "--region-xy", "128", "--region-depth", "32",
-                       "--grid", "2", "--random-crops", "2", "--volumes-per-step", "1", "--checkpoint-every", "4")
+    pretrain = backend(
+        "pretrain",
+        "--data",
+        str(chest),
+        "--out",
+        str(out / "pretrain"),
+        "--model-size",
+        "tiny",
+        "--steps",
+        "8",
+        "--region-xy",
+        "128",
+        "--region-depth",
+        "32",
+        "--grid",
+        "2",
+        "--random-crops",
+        "2",
+        "--volumes-per-step",
+        "1",
+        "--checkpoint-every",
+        "4",
+    )
     model_dir = out / "chest_model"
-    backend("finetune", "--images", str(chest), "--labels", str(chest_seg), "--out", str(model_dir),
-            "--init", pretrain["encoder"], "--model-size", "tiny", "--roi", "64", "--spacing", "6", "6", "6",
-            "--batch-size", "1", "--lr", "3e-3", "--steps", str(FINETUNE_STEPS), "--max-minutes", str(FINETUNE_MINUTES),
-            "--val-every", "20", "--checkpoint-every", "20")
-    other = backend("segment", "--model", str(model_dir), "--input", str(abdomen),
-                    "--output", str(out / "example_ct_segments.seg.nrrd"))
+    backend(
+        "finetune",
+        "--images",
+        str(chest),
+        "--labels",
+        str(chest_seg),
+        "--out",
+        str(model_dir),
+        "--init",
+        pretrain["encoder"],
+        "--model-size",
+        "tiny",
+        "--roi",
+        "64",
+        "--spacing",
+        "6",
+        "6",
+        "6",
+        "--batch-size",
+        "1",
+        "--lr",
+        "3e-3",
+        "--steps",
+        str(FINETUNE_STEPS),
+        "--max-minutes",
+        str(FINETUNE_MINUTES),
+        "--val-every",
+        "20",
+        "--checkpoint-every",
+        "20",
+    )
+    other = backend(
+        "segment",
+        "--model",
+        str(model_dir),
+        "--input",
+        str(abdomen),
+        "--output",
+        str(out / "example_ct_segments.seg.nrrd"),
+    )
     backend("segment", "--model", str(model_dir), "--input", str(chest), "--output", str(out / "chest_pred.nii.gz"))
-    report = backend("evaluate", "--pred", str(out / "chest_pred.nii.gz"), "--ref", str(chest_seg),
-                     "--images", str(chest), "--out", str(out / "evaluation" / "report.json"))
+    report = backend(
+        "evaluate",
+        "--pred",
+        str(out / "chest_pred.nii.gz"),
+        "--ref",
+        str(chest_seg),
+        "--images",
+        str(chest),
+        "--out",
+        str(out / "evaluation" / "report.json"),
+    )
 
-    unseen_png = unseen_overlay(model_dir, abdomen, out / "example_ct_segments.seg.nrrd",
-                                out / "example_ct_overlay.png")
+    unseen_png = unseen_overlay(
+        model_dir, abdomen, out / "example_ct_segments.seg.nrrd", out / "example_ct_overlay.png"
+    )
 
     print(f"\nDemo finished in {time.perf_counter() - began:.0f} s. Outputs in {out}:")
     print(f"  pretraining run      {out / 'pretrain'} (encoder.pt, loss.png, checkpoints, tensorboard/)")

@@ -20,8 +20,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=PARTIAL_MARK + suffix,
-                                    dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{path.name.split('.')[0]}.", suffix=PARTIAL_MARK + suffix, dir=path.parent
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     try:

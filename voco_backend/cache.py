@@ -31,9 +31,9 @@ def check_folder(path: Path, field: str) -> None:
     for candidate in (resolved, *resolved.parents):
         if candidate.exists():
             if not candidate.is_dir():
-                raise UsageError(f"{field} is {path}, but {candidate} is not a folder; set it to a folder",
-                                 file=field)
+                raise UsageError(f"{field} is {path}, but {candidate} is not a folder; set it to a folder", file=field)
             if not os.access(candidate, os.W_OK | os.X_OK) and candidate == resolved:
-                raise UsageError(f"{field} is {path}, a folder that is not writable; set it to a writable folder",
-                                 file=field)
+                raise UsageError(
+                    f"{field} is {path}, a folder that is not writable; set it to a writable folder", file=field
+                )
             break

@@ -35,8 +35,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sample-data": ("voco_backend.commands.sample_data", "fetch the sample CT from the package registry"),
 }
 
-OOM_ADVICE = ("out of memory: use a smaller --model-size, a smaller roi or batch, --gradient-checkpointing, "
-              "or --device cpu")
+OOM_ADVICE = (
+    "out of memory: use a smaller --model-size, a smaller roi or batch, --gradient-checkpointing, or --device cpu"
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -64,8 +65,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             cmd.description = module.__doc__
             cmd.formatter_class = argparse.RawDescriptionHelpFormatter
             add_arguments(cmd, module.CONFIG)
-            cmd.add_argument("--config", dest="_config_file", metavar="FILE", default=None,
-                             help="YAML or JSON file of field values; flags given on the command line win")
+            cmd.add_argument(
+                "--config",
+                dest="_config_file",
+                metavar="FILE",
+                default=None,
+                help="YAML or JSON file of field values; flags given on the command line win",
+            )
     return parser
 
 
@@ -109,12 +115,17 @@ def _environment_error(exc: BaseException) -> VoCoError | None:
             continue
         where = current.filename
         if current.errno in DISK_FULL:
-            return DataError("no space left on the device (disk full or quota reached): free space or write "
-                             "elsewhere; earlier outputs are untouched", file=where)
+            return DataError(
+                "no space left on the device (disk full or quota reached): free space or write "
+                "elsewhere; earlier outputs are untouched",
+                file=where,
+            )
         if where is not None:
             reason = current.strerror or type(current).__name__
-            return DataError(f"cannot use this path ({reason}): check it exists, is the right kind (file or "
-                             "folder) and is writable", file=where)
+            return DataError(
+                f"cannot use this path ({reason}): check it exists, is the right kind (file or folder) and is writable",
+                file=where,
+            )
     return None
 
 
@@ -154,6 +165,7 @@ def _run(module: ModuleType, values: dict, config_file: str | None, reporter: Re
             reporter.error(environment.message, file=environment.file, exit_code=environment.exit_code)
             return environment.exit_code
         traceback.print_exc(file=sys.stderr)
-        reporter.error(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-                       exit_code=1)
+        reporter.error(
+            f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", exit_code=1
+        )
         return 1

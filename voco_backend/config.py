@@ -88,8 +88,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
         if path.is_file() and path.stat().st_size > MAX_CONFIG_BYTES:
-            raise UsageError(f"the config file is larger than {MAX_CONFIG_BYTES} bytes; is it a config file?",
-                             file=path)
+            raise UsageError(
+                f"the config file is larger than {MAX_CONFIG_BYTES} bytes; is it a config file?", file=path
+            )
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise UsageError("the config file is not UTF-8 text (a binary file?)", file=path) from exc
@@ -98,8 +99,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise UsageError(f"not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: "
-                         f"{str(exc).splitlines()[0]}", file=path) from exc
+        raise UsageError(
+            f"not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {str(exc).splitlines()[0]}", file=path
+        ) from exc
     except RecursionError as exc:
         raise UsageError("the config file is nested too deeply", file=path) from exc
     if data is None:
@@ -122,8 +124,7 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
             raise UsageError(f"field '{name}' holds {len(items)} values, more than {MAX_LIST_ITEMS}")
         return [_coerce(name, v, elem) for v in items]
     if isinstance(value, (list, tuple, dict)):  # also keeps YAML alias bombs from being expanded by str()
-        raise UsageError(f"field '{name}' must be one {getattr(elem, '__name__', elem)}, got a "
-                         f"{type(value).__name__}")
+        raise UsageError(f"field '{name}' must be one {getattr(elem, '__name__', elem)}, got a {type(value).__name__}")
     try:
         if elem is bool:
             if isinstance(value, str):
@@ -147,8 +148,9 @@ def build_config(cls: type[C], cli_values: dict[str, Any], config_file: str | Pa
         from_file = read_config_file(config_file)
         unknown = sorted(set(from_file) - names)
         if unknown:
-            raise UsageError(f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}",
-                             file=config_file)
+            raise UsageError(
+                f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}", file=config_file
+            )
         values.update({k: _coerce(k, v, hints[k]) for k, v in from_file.items()})
     values.update({k: v for k, v in cli_values.items() if k in names})
     for key, value in values.items():
@@ -158,12 +160,13 @@ def build_config(cls: type[C], cli_values: dict[str, Any], config_file: str | Pa
     try:
         return cls(**values)
     except TypeError as exc:
-        missing = [f.name for f in dataclasses.fields(cls)
-                   if f.name not in values and f.default is dataclasses.MISSING
-                   and f.default_factory is dataclasses.MISSING]
+        missing = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
         if missing:
-            raise UsageError(f"missing required field(s): {', '.join(flag_name_of(cls, m) for m in missing)}") \
-                from exc
+            raise UsageError(f"missing required field(s): {', '.join(flag_name_of(cls, m) for m in missing)}") from exc
         raise
 
 
@@ -188,6 +191,8 @@ def check_range(name: str, value: float, low: float | None = None, high: float |
     if isinstance(value, float) and not math.isfinite(value) and not (low is None and high is None):
         raise UsageError(f"field '{name}' must be a finite number, got {value!r}")
     if (low is not None and not value >= low) or (high is not None and not value <= high):
-        bounds = f"{'' if low is None else f'>= {low}'}{' and ' if low is not None and high is not None else ''}" \
-                 f"{'' if high is None else f'<= {high}'}"
+        bounds = (
+            f"{'' if low is None else f'>= {low}'}{' and ' if low is not None and high is not None else ''}"
+            f"{'' if high is None else f'<= {high}'}"
+        )
         raise UsageError(f"field '{name}' must be {bounds}, got {value!r}")

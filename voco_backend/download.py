@@ -128,8 +128,10 @@ def _copy(
         if done - mark_bytes >= STALL_BYTES:
             mark_time, mark_bytes = now, done
         elif now - mark_time > stall_s:
-            raise DataError(f"download stalled (under {STALL_BYTES} bytes in {stall_s:g} s); run the command "
-                            "again to resume", file=name)
+            raise DataError(
+                f"download stalled (under {STALL_BYTES} bytes in {stall_s:g} s); run the command again to resume",
+                file=name,
+            )
         if now > deadline:
             raise DataError(f"download took longer than {TOTAL_ENV}; run the command again to resume", file=name)
     return done
@@ -195,8 +197,9 @@ def download(
             raise DataError(f"download failed: the server redirects in a loop (HTTP {exc.code})", file=url) from exc
         raise DataError(f"download failed: HTTP {exc.code} {_one_line(exc.reason)}", file=url) from exc
     except TimeoutError as exc:
-        raise DataError(f"download stalled (no byte for {stall_s:g} s); run the command again to resume",
-                        file=url) from exc
+        raise DataError(
+            f"download stalled (no byte for {stall_s:g} s); run the command again to resume", file=url
+        ) from exc
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise

@@ -106,7 +106,5 @@ def check_step_memory(shape: StepShape, device: torch.device, processes: int, ad
     sharing = processes if device.type == "cpu" else 1
     if need * sharing > have:
         ranks = f" × {sharing} processes" if sharing > 1 else ""
-        raise OutOfMemory(
-            f"a step needs about {need / GB:.1f} GB{ranks} but {source} is {have / GB:.1f} GB; {advice}"
-        )
+        raise OutOfMemory(f"a step needs about {need / GB:.1f} GB{ranks} but {source} is {have / GB:.1f} GB; {advice}")
     return need

@@ -19,7 +19,14 @@ MERGE_ORDERS: tuple[str, ...] = (MERGE_MONAI13, MERGE_MONAI15)
 # MONAI 1.3.0's PatchMerging concatenation order of a 2x2x2 block, (D, H, W) offsets of the (B, D, H, W, C)
 # tensor, repeated entries included: the official VoCo/VoComni weights were trained with it (VOCO.md §7).
 MONAI13_OFFSETS: tuple[tuple[int, int, int], ...] = (
-    (0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 0, 1), (0, 1, 0), (0, 0, 1), (1, 1, 1),
+    (0, 0, 0),
+    (1, 0, 0),
+    (0, 1, 0),
+    (0, 0, 1),
+    (1, 0, 1),
+    (0, 1, 0),
+    (0, 0, 1),
+    (1, 1, 1),
 )
 
 
@@ -55,9 +62,16 @@ def feature_size_of(model_size: str) -> int:
     return FEATURE_SIZES[model_size]
 
 
-def build_swinunetr(model_size: str, out_channels: int, in_channels: int = 1, *,
-                    gradient_checkpointing: bool = False, flash_attention: bool = False,
-                    merge_order: str = MERGE_MONAI13, sdpa_attention: bool = True) -> SwinUNETR:
+def build_swinunetr(
+    model_size: str,
+    out_channels: int,
+    in_channels: int = 1,
+    *,
+    gradient_checkpointing: bool = False,
+    flash_attention: bool = False,
+    merge_order: str = MERGE_MONAI13,
+    sdpa_attention: bool = True,
+) -> SwinUNETR:
     """The segmentation network: SwinUNETR-v2 with patch-merging downsampling, as VoCo uses it.
 
     ``merge_order`` ``monai1.3`` (default) is the network the official weights were trained in; ``monai1.5``
@@ -66,9 +80,15 @@ def build_swinunetr(model_size: str, out_channels: int, in_channels: int = 1, *,
     (:mod:`voco_backend.attention`); ``False`` keeps MONAI's attention (then ``flash_attention`` applies).
     """
     downsample = PatchMergingMonai13 if check_merge_order(merge_order) == MERGE_MONAI13 else "merging"
-    net = SwinUNETR(in_channels=in_channels, out_channels=out_channels, feature_size=feature_size_of(model_size),
-                    use_v2=True, downsample=downsample, use_checkpoint=gradient_checkpointing,
-                    use_flash_attention=flash_attention)
+    net = SwinUNETR(
+        in_channels=in_channels,
+        out_channels=out_channels,
+        feature_size=feature_size_of(model_size),
+        use_v2=True,
+        downsample=downsample,
+        use_checkpoint=gradient_checkpointing,
+        use_flash_attention=flash_attention,
+    )
     if sdpa_attention:
         use_sdpa_attention(net)
     return net
@@ -82,12 +102,23 @@ class SwinEncoder(nn.Module):
     used for SSL).
     """
 
-    def __init__(self, model_size: str, in_channels: int = 1, gradient_checkpointing: bool = False,
-                 merge_order: str = MERGE_MONAI13, sdpa_attention: bool = True) -> None:
+    def __init__(
+        self,
+        model_size: str,
+        in_channels: int = 1,
+        gradient_checkpointing: bool = False,
+        merge_order: str = MERGE_MONAI13,
+        sdpa_attention: bool = True,
+    ) -> None:
         super().__init__()
-        full = build_swinunetr(model_size, out_channels=1, in_channels=in_channels,
-                               gradient_checkpointing=gradient_checkpointing, merge_order=merge_order,
-                               sdpa_attention=sdpa_attention)
+        full = build_swinunetr(
+            model_size,
+            out_channels=1,
+            in_channels=in_channels,
+            gradient_checkpointing=gradient_checkpointing,
+            merge_order=merge_order,
+            sdpa_attention=sdpa_attention,
+        )
         self.feature_size = feature_size_of(model_size)
         self.merge_order = merge_order
         self.normalize = full.normalize
@@ -102,6 +133,11 @@ class SwinEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map crops (N, C, X, Y, Z), sides multiples of 32, to embeddings (N, 24·fs)."""
         hidden = self.swinViT(x, self.normalize)
-        features = (self.encoder1(x), self.encoder2(hidden[0]), self.encoder3(hidden[1]),
-                    self.encoder4(hidden[2]), self.encoder10(hidden[4]))
+        features = (
+            self.encoder1(x),
+            self.encoder2(hidden[0]),
+            self.encoder3(hidden[1]),
+            self.encoder4(hidden[2]),
+            self.encoder10(hidden[4]),
+        )
         return torch.cat([f.mean(dim=(2, 3, 4)) for f in features], dim=1)

@@ -65,8 +65,9 @@ class Reporter:
         start_time, start_step = self._started.setdefault(stage, (now, step))
         done = step - start_step
         eta = (now - start_time) / done * (total - step) if done > 0 else None
-        self.emit("progress", stage=stage, step=step, total=total, eta_s=None if eta is None else round(eta, 1),
-                  **fields)
+        self.emit(
+            "progress", stage=stage, step=step, total=total, eta_s=None if eta is None else round(eta, 1), **fields
+        )
         self._human_progress(stage, step, total, fields)
 
     def log(self, message: str, level: str = "info", **fields: Any) -> None:

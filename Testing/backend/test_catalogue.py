@@ -26,12 +26,33 @@ PUBLISHED = {
 }
 # VoComni/VoComni.json of Luffy03/Large-Scale-Medical (VOCO.md §7): output channel i = label i.
 VOCOMNI_CLASSES = [
-    "spleen", "right kidney", "left kidney", "gallbladder", "esophagus", "liver", "stomach", "aorta",
-    "inferior vena cava", "portal and splenic veins", "pancreas", "right adrenal gland", "left adrenal gland",
-    "liver tumour", "pancreas tumour", "kidney tumour", "COVID-19 lesion", "colon", "colon cancer", "lung cancer",
+    "spleen",
+    "right kidney",
+    "left kidney",
+    "gallbladder",
+    "esophagus",
+    "liver",
+    "stomach",
+    "aorta",
+    "inferior vena cava",
+    "portal and splenic veins",
+    "pancreas",
+    "right adrenal gland",
+    "left adrenal gland",
+    "liver tumour",
+    "pancreas tumour",
+    "kidney tumour",
+    "COVID-19 lesion",
+    "colon",
+    "colon cancer",
+    "lung cancer",
 ]
 TERMINOLOGY = (
-    Path(__file__).resolve().parents[2].parent / "shared" / "slicer" / "v5.12.3" / "terminologies"
+    Path(__file__).resolve().parents[2].parent
+    / "shared"
+    / "slicer"
+    / "v5.12.3"
+    / "terminologies"
     / "SegmentationCategoryTypeModifier-SlicerGeneralAnatomy.json"
 )
 
@@ -73,7 +94,10 @@ def test_packaged_catalogue_matches_the_published_weights():
     for name in ("VoComni_B", "VoComni_L", "VoComni_H"):
         assert entries[name].out_channels == 21
         assert entries[name].recipe == {
-            "spacing": [1.5, 1.5, 1.5], "window": [-175, 250], "roi": [96, 96, 96], "overlap": 0.75,
+            "spacing": [1.5, 1.5, 1.5],
+            "window": [-175, 250],
+            "roi": [96, 96, 96],
+            "overlap": 0.75,
             "blend": "constant",
         }
         assert [(c["value"], c["name"]) for c in entries[name].classes] == list(enumerate(VOCOMNI_CLASSES, 1))

@@ -15,8 +15,9 @@ from voco_backend.pretrain.config import PretrainConfig
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "voco_backend", *args], capture_output=True, text=True,
-                          timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "voco_backend", *args], capture_output=True, text=True, timeout=300, check=False
+    )
 
 
 def test_missing_data_is_exit_3_with_one_line_naming_the_file(tmp_path):
@@ -24,17 +25,24 @@ def test_missing_data_is_exit_3_with_one_line_naming_the_file(tmp_path):
     assert done.returncode == 3
     assert done.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'nope.nii.gz'}: no such file or folder"
     event = json.loads(done.stdout.strip().splitlines()[-1])
-    assert event == {"event": "error", "message": "no such file or folder", "file": str(tmp_path / "nope.nii.gz"),
-                     "exit_code": 3}
+    assert event == {
+        "event": "error",
+        "message": "no such file or folder",
+        "file": str(tmp_path / "nope.nii.gz"),
+        "exit_code": 3,
+    }
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize(("flags", "field"), [
-    (["--steps", "0"], "steps"),
-    (["--dropout", "1.5"], "dropout"),
-    (["--window", "500", "-500"], "window"),
-    (["--region-xy", "100"], "region_xy"),
-])
+@pytest.mark.parametrize(
+    ("flags", "field"),
+    [
+        (["--steps", "0"], "steps"),
+        (["--dropout", "1.5"], "dropout"),
+        (["--window", "500", "-500"], "window"),
+        (["--region-xy", "100"], "region_xy"),
+    ],
+)
 def test_invalid_values_fail_with_one_line_naming_the_field(tmp_path, capsys, flags, field):
     code = main(["pretrain", "--data", str(tmp_path), "--out", str(tmp_path / "run"), *flags])
     captured = capsys.readouterr()
@@ -51,12 +59,15 @@ def test_config_file_fills_fields_and_flags_win(tmp_path):
     assert config.warmup_steps == 0 and config.grid == 3 and config.head_hidden == 1024
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("data: [a]\nout: r\nstepz: 3\n", "unknown field(s) stepz"),
-    ("data: [a]\nout: r\nsteps: many\n", "field 'steps' must be int"),
-    ("data: [a\n", "not valid YAML"),
-    ("- a\n- b\n", "must hold a mapping"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("data: [a]\nout: r\nstepz: 3\n", "unknown field(s) stepz"),
+        ("data: [a]\nout: r\nsteps: many\n", "field 'steps' must be int"),
+        ("data: [a\n", "not valid YAML"),
+        ("- a\n- b\n", "must hold a mapping"),
+    ],
+)
 def test_bad_config_files_are_usage_errors(tmp_path, text, message):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(text)
@@ -72,5 +83,9 @@ def test_missing_required_flags_name_them():
 def test_10k_recipe_defaults():
     config = PretrainConfig(data=["x"], out="r", recipe="10k")
     assert (config.region_xy, config.region_depth, config.grid, config.crop_resize) == (384, 96, 4, 64)
-    assert (config.head_hidden, config.negative, config.teacher, config.region_mode) == (2048, "l2", "network",
-                                                                                          "resize")
+    assert (config.head_hidden, config.negative, config.teacher, config.region_mode) == (
+        2048,
+        "l2",
+        "network",
+        "resize",
+    )

@@ -282,9 +282,17 @@ def test_vocomni_style_checkpoint_through_a_catalogue_entry_loads(server, tmp_pa
     state.files["/omni_tiny.pt"] = vocomni
     catalogue = json.loads(PACKAGED_CATALOGUE.read_text())
     packaged = next(m for m in catalogue["models"] if m["name"] == "VoComni_B")
-    entry = dict(packaged, name="Omni_tiny", file="omni_tiny.pt", url=f"{base}/omni_tiny.pt", bytes=None,
-                 checksum={"algorithm": "sha256", "value": hashlib.sha256(vocomni).hexdigest()},
-                 feature_size=12, out_channels=3, classes=packaged["classes"][:2])
+    entry = dict(
+        packaged,
+        name="Omni_tiny",
+        file="omni_tiny.pt",
+        url=f"{base}/omni_tiny.pt",
+        bytes=None,
+        checksum={"algorithm": "sha256", "value": hashlib.sha256(vocomni).hexdigest()},
+        feature_size=12,
+        out_channels=3,
+        classes=packaged["classes"][:2],
+    )
     catalogue["models"] = [entry]
     (tmp_path / "catalogue.json").write_text(json.dumps(catalogue))
     env = {"VOCO_CATALOGUE": str(tmp_path / "catalogue.json"), "VOCO_CACHE_DIR": str(tmp_path / "cache")}

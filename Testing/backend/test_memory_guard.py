@@ -19,11 +19,14 @@ def test_estimate_grows_with_crops_and_features_and_shrinks_with_checkpointing()
 
 # Peak RSS of SwinEncoder fwd+bwd (hugepages allocator, SDPA attention) measured on this project's machine:
 # tiny on 2 and 6 crops of 64³, B on 2. Those runs had no optimiser: AdamW-amsgrad's three moments are added.
-@pytest.mark.parametrize(("shape", "measured_gb"), [
-    (StepShape(12, 3_514_134, 2, 64**3), 1.30),
-    (StepShape(12, 3_514_134, 6, 64**3), 2.94),
-    (StepShape(48, 53_164_146, 2, 64**3), 2.67),
-])
+@pytest.mark.parametrize(
+    ("shape", "measured_gb"),
+    [
+        (StepShape(12, 3_514_134, 2, 64**3), 1.30),
+        (StepShape(12, 3_514_134, 6, 64**3), 2.94),
+        (StepShape(48, 53_164_146, 2, 64**3), 2.67),
+    ],
+)
 def test_estimate_is_at_most_a_third_above_the_measured_peaks(shape, measured_gb):
     step_gb = measured_gb + shape.parameters * 3 * 4 / GB
     assert step_gb <= estimate_peak_bytes(shape) / GB <= 1.35 * step_gb

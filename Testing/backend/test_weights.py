@@ -213,8 +213,9 @@ def _save_as_the_vocomni_trainer(path: Path, state: dict) -> Path:
 def test_vocomni_style_checkpoint_loads_weights_only(tmp_path):
     torch.manual_seed(0)
     net = build_swinunetr("tiny", 3)
-    path = _save_as_the_vocomni_trainer(tmp_path / "VoComni_tiny.pt", {f"module.{k}": v for k, v in
-                                                                        net.state_dict().items()})
+    path = _save_as_the_vocomni_trainer(
+        tmp_path / "VoComni_tiny.pt", {f"module.{k}": v for k, v in net.state_dict().items()}
+    )
     state = read_checkpoint(path)
     assert len(state) == 167
     assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
@@ -240,8 +241,7 @@ def test_a_pickle_with_any_other_global_is_refused(tmp_path):
 
     for i, extra in enumerate((np.array([0.5]), datetime.date(2024, 1, 1), argparse.Namespace(lr=1))):
         path = tmp_path / f"other{i}.pt"
-        torch.save({"best_acc": np.float64(0.5), "extra": extra, "state_dict": SwinEncoder("tiny").state_dict()},
-                   path)
+        torch.save({"best_acc": np.float64(0.5), "extra": extra, "state_dict": SwinEncoder("tiny").state_dict()}, path)
         with pytest.raises(DataError, match="not a weights-only PyTorch checkpoint") as info:
             read_checkpoint(path)
         assert "\n" not in str(info.value) and info.value.file == str(path)

@@ -34,19 +34,64 @@ from voco_backend.weights import export_encoder
 TRIALS = int(os.environ.get("VOCO_FAULT_TRIALS", "1"))
 SEED = int(os.environ.get("VOCO_FAULT_SEED", "13"))
 STEPS = 4
-PRETRAIN = ["pretrain", "--model-size", "tiny", "--region-xy", "128", "--region-depth", "32", "--grid", "2",
-            "--random-crops", "1", "--volumes-per-step", "2", "--seed", "7", "--steps", str(STEPS),
-            "--checkpoint-every", "1", "--threads", "2"]
-FINETUNE = ["finetune", "--classes", "tumour=1", "--steps", str(STEPS), "--val-every", str(STEPS),
-            "--checkpoint-every", "1", "--model-size", "tiny", "--roi", "64", "--spacing", "4", "4", "4",
-            "--batch-size", "1", "--device", "cpu"]
+PRETRAIN = [
+    "pretrain",
+    "--model-size",
+    "tiny",
+    "--region-xy",
+    "128",
+    "--region-depth",
+    "32",
+    "--grid",
+    "2",
+    "--random-crops",
+    "1",
+    "--volumes-per-step",
+    "2",
+    "--seed",
+    "7",
+    "--steps",
+    str(STEPS),
+    "--checkpoint-every",
+    "1",
+    "--threads",
+    "2",
+]
+FINETUNE = [
+    "finetune",
+    "--classes",
+    "tumour=1",
+    "--steps",
+    str(STEPS),
+    "--val-every",
+    str(STEPS),
+    "--checkpoint-every",
+    "1",
+    "--model-size",
+    "tiny",
+    "--roi",
+    "64",
+    "--spacing",
+    "4",
+    "4",
+    "4",
+    "--batch-size",
+    "1",
+    "--device",
+    "cpu",
+]
 
 
 def _run(args: list[str], kill: tuple[signal.Signals, float] | None = None, stage: str = "") -> tuple[int, list]:
     """Run the backend; with ``kill``, send the signal ``delay`` seconds after the first ``stage`` progress."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "voco_backend", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "voco_backend", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     lines: list[str] = []
     if kill is not None:
         sig, delay = kill
@@ -85,8 +130,15 @@ def finetune_case(shared_data, tmp_path_factory):
     torch.manual_seed(0)
     encoder = export_encoder(SwinEncoder("tiny"), work / "encoder.pt")
     sts = shared_data / "ibsi_sts"
-    args = [*FINETUNE, "--images", str(sts / "STS_002_CT_image.nii.gz"), "--labels",
-            str(sts / "STS_002_CT_mask.nii.gz"), "--init", str(encoder)]
+    args = [
+        *FINETUNE,
+        "--images",
+        str(sts / "STS_002_CT_image.nii.gz"),
+        "--labels",
+        str(sts / "STS_002_CT_mask.nii.gz"),
+        "--init",
+        str(encoder),
+    ]
     reference = tmp_path_factory.mktemp("reference") / "model"
     code, _ = _run([*args, "--out", str(reference)])
     assert code == 0
@@ -196,15 +248,18 @@ class Events(Reporter):
         self.seen.append((event, fields))
 
 
-@pytest.mark.parametrize(("path", "env", "message"), [
-    ("/drip", {"VOCO_DOWNLOAD_STALL_S": "5", "VOCO_DOWNLOAD_TIMEOUT_S": "1.5"}, "longer than"),
-    ("/drip", {"VOCO_DOWNLOAD_STALL_S": "1.5"}, "stalled"),
-    ("/stall", {"VOCO_DOWNLOAD_STALL_S": "1"}, "stalled"),
-    ("/loop", {}, "redirects in a loop"),
-    ("/cut", {}, "incomplete"),
-    ("/long", {}, "incomplete"),
-    ("/good", {}, "checksum mismatch"),
-])
+@pytest.mark.parametrize(
+    ("path", "env", "message"),
+    [
+        ("/drip", {"VOCO_DOWNLOAD_STALL_S": "5", "VOCO_DOWNLOAD_TIMEOUT_S": "1.5"}, "longer than"),
+        ("/drip", {"VOCO_DOWNLOAD_STALL_S": "1.5"}, "stalled"),
+        ("/stall", {"VOCO_DOWNLOAD_STALL_S": "1"}, "stalled"),
+        ("/loop", {}, "redirects in a loop"),
+        ("/cut", {}, "incomplete"),
+        ("/long", {}, "incomplete"),
+        ("/good", {}, "checksum mismatch"),
+    ],
+)
 def test_misbehaving_servers_fail_in_one_line_in_bounded_time(server, tmp_path, monkeypatch, path, env, message):
     for key, value in env.items():
         monkeypatch.setenv(key, value)

@@ -38,8 +38,16 @@ from voco_backend.segmentation.labels import (
 )
 
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-FORMATS = [(".nii.gz", True), (".nii", False), (".nrrd", True), (".nrrd", False), (".mha", True), (".mha", False),
-           (".nhdr", True), (".mhd", True)]
+FORMATS = [
+    (".nii.gz", True),
+    (".nii", False),
+    (".nrrd", True),
+    (".nrrd", False),
+    (".mha", True),
+    (".mha", False),
+    (".nhdr", True),
+    (".mhd", True),
+]
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +72,17 @@ LABEL_DTYPES = ["int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", 
 def label_values(draw):
     dtype = np.dtype(draw(st.sampled_from(LABEL_DTYPES)))
     if dtype.kind == "f":
-        value = draw(st.one_of(st.integers(-(2**40), 2**40).map(float),
-                               st.sampled_from([1e10 + 1, 2.0**31, 0.5, float("nan"), float("inf")])))
+        value = draw(
+            st.one_of(
+                st.integers(-(2**40), 2**40).map(float),
+                st.sampled_from([1e10 + 1, 2.0**31, 0.5, float("nan"), float("inf")]),
+            )
+        )
     else:
         info = np.iinfo(dtype)
-        special = [v for v in (1, 2**31 - 1, 2**31, 2**32 + 1, 2**63 - 1, -1, -(2**31) - 1) if
-                   info.min <= v <= info.max]
+        special = [
+            v for v in (1, 2**31 - 1, 2**31, 2**32 + 1, 2**63 - 1, -1, -(2**31) - 1) if info.min <= v <= info.max
+        ]
         value = draw(st.one_of(st.integers(int(info.min), int(info.max)), st.sampled_from(special)))
     return dtype, value
 
@@ -86,8 +99,11 @@ def test_label_values_are_kept_exactly_or_refused_with_the_true_value(ct, tmp_pa
     label.CopyInformation(ct)
     path = _one_file(tmp_path, "label" + suffix)
     sitk.WriteImage(label, str(path), True)
-    classes = [SegmentClass("thing", int(value), (1.0, 0.0, 0.0))] if float(value).is_integer() and \
-        0 < value <= MAX_LABEL_VALUE else []
+    classes = (
+        [SegmentClass("thing", int(value), (1.0, 0.0, 0.0))]
+        if float(value).is_integer() and 0 < value <= MAX_LABEL_VALUE
+        else []
+    )
     try:
         on_grid = label_on_image_grid(read_image(path), ct, path)
         index = to_class_indices(sitk.GetArrayFromImage(on_grid), classes, path)
@@ -138,8 +154,13 @@ finite = st.floats(-1e4, 1e4, allow_nan=False)
 
 @st.composite
 def geometries(draw):
-    spacing = draw(st.lists(st.one_of(st.floats(0.05, 20), st.sampled_from([0.0, -1.0, float("nan"), float("inf")])),
-                            min_size=3, max_size=3))
+    spacing = draw(
+        st.lists(
+            st.one_of(st.floats(0.05, 20), st.sampled_from([0.0, -1.0, float("nan"), float("inf")])),
+            min_size=3,
+            max_size=3,
+        )
+    )
     origin = draw(st.lists(st.one_of(finite, st.sampled_from([float("nan"), float("inf")])), min_size=3, max_size=3))
     angles = draw(st.lists(st.floats(-np.pi, np.pi), min_size=3, max_size=3))
     shear = draw(st.one_of(st.just(0.0), st.floats(-0.5, 0.5)))
@@ -167,8 +188,12 @@ def test_geometry_is_kept_exactly_or_refused(ct, tmp_path, geometry, suffix):
         read = read_image(path)
     except DataError as exc:
         assert "\n" not in str(exc) and str(path) in str(exc)
-        bad = (not np.all(np.isfinite(spacing)) or min(spacing) <= 0 or not np.all(np.isfinite(origin))
-               or not np.allclose(direction @ direction.T, np.eye(3), atol=1e-4))
+        bad = (
+            not np.all(np.isfinite(spacing))
+            or min(spacing) <= 0
+            or not np.all(np.isfinite(origin))
+            or not np.allclose(direction @ direction.T, np.eye(3), atol=1e-4)
+        )
         assert bad, f"a valid grid was refused: {exc}"
         return
     # Accepted: the grid read is the grid written, and the voxel → RAS affine round-trips to it exactly.
@@ -256,12 +281,16 @@ def test_gzip_that_declares_16_gib_is_refused_quickly_in_bounded_memory(tmp_path
     assert time.monotonic() - started < 10
 
 
-@pytest.mark.parametrize("header", [
-    "NRRD0004\ntype: short\ndimension: 3\nsizes: 32767 32767 32767\nencoding: gzip\n\n",
-    "NRRD0004\ntype: short\ndimension: 3\nsizes: 4 4 4\nencoding: raw\ndata file: /dev/zero\n\n",
-    "ObjectType = Image\nNDims = 3\nDimSize = 32767 32767 32767\nElementType = MET_SHORT\nElementDataFile = LOCAL\n",
-    "ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_SHORT\nElementDataFile = /dev/zero\n",
-])
+@pytest.mark.parametrize(
+    "header",
+    [
+        "NRRD0004\ntype: short\ndimension: 3\nsizes: 32767 32767 32767\nencoding: gzip\n\n",
+        "NRRD0004\ntype: short\ndimension: 3\nsizes: 4 4 4\nencoding: raw\ndata file: /dev/zero\n\n",
+        "ObjectType = Image\nNDims = 3\nDimSize = 32767 32767 32767\nElementType = MET_SHORT\n"
+        "ElementDataFile = LOCAL\n",
+        "ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_SHORT\nElementDataFile = /dev/zero\n",
+    ],
+)
 def test_headers_declaring_huge_sizes_or_device_data_are_refused(tmp_path, header):
     path = tmp_path / ("bomb.nhdr" if header.startswith("NRRD") else "bomb.mhd")
     path.write_text(header)
@@ -331,21 +360,25 @@ def test_folders_of_junk_are_one_line(tmp_path, junk):
 # ---------------------------------------------------------------- config files and CLI values
 
 
-@pytest.mark.parametrize("text", [
-    "data: [a\n",  # invalid YAML
-    "data: [a]\nout: r\nstepz: 3\n",  # unknown key
-    "data: [a]\nout: r\nsteps: many\n",  # wrong type
-    "data: [a]\nout: r\nsteps: {a: 1}\n",  # a mapping where a number goes
-    "data: [a]\nout: r\nsteps: !!python/object/apply:os.system ['echo owned']\n",
-    "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
-    "c: &c [*b, *b, *b, *b, *b, *b, *b]\n"
-    "d: &d [*c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nout: [*e, *e, *e, *e, *e]\n",
-    "data: [a]\nout: r\nlr: .nan\n",
-    "data: [a]\nout: r\nsteps: .inf\n",
-    "data: [a]\nout: r\nsteps: 1e400\n",
-    "[" * 50_000 + "]" * 50_000,  # deeply nested
-    "- a\n- b\n",  # not a mapping
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "data: [a\n",  # invalid YAML
+        "data: [a]\nout: r\nstepz: 3\n",  # unknown key
+        "data: [a]\nout: r\nsteps: many\n",  # wrong type
+        "data: [a]\nout: r\nsteps: {a: 1}\n",  # a mapping where a number goes
+        "data: [a]\nout: r\nsteps: !!python/object/apply:os.system ['echo owned']\n",
+        "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+        "c: &c [*b, *b, *b, *b, *b, *b, *b]\n"
+        "d: &d [*c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\n"
+        "out: [*e, *e, *e, *e, *e]\n",
+        "data: [a]\nout: r\nlr: .nan\n",
+        "data: [a]\nout: r\nsteps: .inf\n",
+        "data: [a]\nout: r\nsteps: 1e400\n",
+        "[" * 50_000 + "]" * 50_000,  # deeply nested
+        "- a\n- b\n",  # not a mapping
+    ],
+)
 def test_hostile_config_files_are_exit_2_in_one_line(tmp_path, text):
     path = tmp_path / "hostile.yaml"
     path.write_text(text)
@@ -363,12 +396,19 @@ def test_binary_and_huge_config_files_are_exit_2(tmp_path):
     assert_one_line_error(cli("pretrain", "--config", str(huge)), 2, "larger")
 
 
-NUMBERS = st.one_of(st.sampled_from(["nan", "inf", "-inf", "-1", "0", "1e308", "-0", "99999999999999999999"]),
-                    st.floats(allow_nan=True, allow_infinity=True).map(repr), st.integers().map(str))
+NUMBERS = st.one_of(
+    st.sampled_from(["nan", "inf", "-inf", "-1", "0", "1e308", "-0", "99999999999999999999"]),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.integers().map(str),
+)
 
 
-@given(flag=st.sampled_from(["--steps", "--lr", "--dropout", "--seed", "--batch-size", "--region-xy",
-                             "--weight-decay", "--warmup-steps"]), value=NUMBERS)
+@given(
+    flag=st.sampled_from(
+        ["--steps", "--lr", "--dropout", "--seed", "--batch-size", "--region-xy", "--weight-decay", "--warmup-steps"]
+    ),
+    value=NUMBERS,
+)
 @settings(max_examples=80, deadline=None)
 def test_cli_numbers_build_a_valid_config_or_fail_in_one_line(flag, value):
     from voco_backend.cli import build_parser
@@ -407,22 +447,28 @@ def _model_folder(tmp_path: Path, text: str) -> Path:
 
 def _valid_model_json() -> dict:
     return {
-        "format": "voco-slicer-model", "format_version": 1, "name": "m",
+        "format": "voco-slicer-model",
+        "format_version": 1,
+        "name": "m",
         "architecture": {"model_size": "tiny"},
         "classes": [{"name": "a", "value": 1, "color": [1, 0, 0]}],
-        "recipe": {"spacing": [1.5, 1.5, 1.5], "window": [-175, 250]}, "roi": [96, 96, 96],
+        "recipe": {"spacing": [1.5, 1.5, 1.5], "window": [-175, 250]},
+        "roi": [96, 96, 96],
     }
 
 
-@pytest.mark.parametrize("text", [
-    "[" * 100_000 + "]" * 100_000,
-    '{"a":' * 100_000 + "1" + "}" * 100_000,
-    json.dumps({**_valid_model_json(), "roi": [33, 33, 33]}),
-    json.dumps({**_valid_model_json(), "roi": [0, 96, 96]}),
-    json.dumps({**_valid_model_json(), "roi": "big"}),
-    json.dumps({**_valid_model_json(), "classes": [{"name": "a", "value": 2**40, "color": [1, 0, 0]}]}),
-    "\udcff".encode("utf-8", "surrogatepass").decode("latin-1"),
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 100_000 + "]" * 100_000,
+        '{"a":' * 100_000 + "1" + "}" * 100_000,
+        json.dumps({**_valid_model_json(), "roi": [33, 33, 33]}),
+        json.dumps({**_valid_model_json(), "roi": [0, 96, 96]}),
+        json.dumps({**_valid_model_json(), "roi": "big"}),
+        json.dumps({**_valid_model_json(), "classes": [{"name": "a", "value": 2**40, "color": [1, 0, 0]}]}),
+        "\udcff".encode("utf-8", "surrogatepass").decode("latin-1"),
+    ],
+)
 def test_hostile_model_json_is_exit_3_in_one_line(ct, tmp_path, text):
     folder = _model_folder(tmp_path, text)
     image = tmp_path / "ct.nrrd"
@@ -433,8 +479,7 @@ def test_hostile_model_json_is_exit_3_in_one_line(ct, tmp_path, text):
 
 
 @pytest.mark.parametrize("where", ["/dev/null", "/proc/self/voco", "a_file", "a_file/below"])
-@pytest.mark.parametrize("command", [("models", "fetch", "VoCo_B_SSL_head"), ("sample-data",),
-                                     ("models", "list")])
+@pytest.mark.parametrize("command", [("models", "fetch", "VoCo_B_SSL_head"), ("sample-data",), ("models", "list")])
 def test_unusable_cache_folders_are_exit_2_in_one_line(tmp_path, where, command):
     (tmp_path / "a_file").write_text("x")
     cache = where if where.startswith("/") else str(tmp_path / where)
@@ -461,12 +506,17 @@ def _command_that(action):
     return Module
 
 
-@pytest.mark.parametrize("error", [
-    RuntimeError("[enforce fail at alloc_cpu.cpp:119] data. DefaultCPUAllocator: can't allocate memory: you tried "
-                 "to allocate 34359738368 bytes. Error code 12 (Cannot allocate memory)"),
-    MemoryError(),
-    RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:119] data. DefaultCPUAllocator: can't allocate memory: you tried "
+            "to allocate 34359738368 bytes. Error code 12 (Cannot allocate memory)"
+        ),
+        MemoryError(),
+        RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+    ],
+)
 def test_out_of_memory_is_exit_4_with_the_advice(error):
     from voco_backend.cancel import CancelToken
     from voco_backend.protocol import Reporter

@@ -24,8 +24,15 @@ def test_module_cmake_lists_every_lib_file_and_resource():
 
 def test_extension_cmake_has_the_metadata_the_extension_index_needs():
     text = (REPO / "CMakeLists.txt").read_text()
-    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
-                "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS"):
+    for key in (
+        "EXTENSION_HOMEPAGE",
+        "EXTENSION_CATEGORY",
+        "EXTENSION_CONTRIBUTORS",
+        "EXTENSION_DESCRIPTION",
+        "EXTENSION_ICONURL",
+        "EXTENSION_SCREENSHOTURLS",
+        "EXTENSION_DEPENDS",
+    ):
         assert re.search(rf"set\({key} \"[^\"]+\"\)", text), key
     assert "add_subdirectory(VoCoSlicer)" in text
 
@@ -82,8 +89,15 @@ def test_extensions_index_entry_matches_the_cmake_metadata():
 
     entry = json.loads((REPO / "VoCoSlicer.json").read_text())
     assert entry["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.1.json#")
-    assert set(entry) == {"$schema", "build_dependencies", "build_subdirectory", "category", "scm_revision",
-                          "scm_url", "tier"}
+    assert set(entry) == {
+        "$schema",
+        "build_dependencies",
+        "build_subdirectory",
+        "category",
+        "scm_revision",
+        "scm_url",
+        "tier",
+    }
     text = (REPO / "CMakeLists.txt").read_text()
     depends = re.search(r'set\(EXTENSION_DEPENDS "([^"]+)"\)', text).group(1).split()
     assert entry["build_dependencies"] == depends == ["PyTorch"]

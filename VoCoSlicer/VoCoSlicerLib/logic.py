@@ -71,9 +71,7 @@ def _pollInBackground(run: BackendRun) -> None:
 
 def _geometryString(segmentationNode: slicer.vtkMRMLSegmentationNode) -> str:
     converter = slicer.vtkSegmentationConverter
-    return segmentationNode.GetSegmentation().GetConversionParameter(
-        converter.GetReferenceImageGeometryParameterName()
-    )
+    return segmentationNode.GetSegmentation().GetConversionParameter(converter.GetReferenceImageGeometryParameterName())
 
 
 def _sameGridAsGeometry(volumeNode: slicer.vtkMRMLScalarVolumeNode, geometry: str) -> bool:

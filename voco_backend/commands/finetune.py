@@ -50,7 +50,8 @@ class FinetuneConfig:
         metavar="PATH|NAME|none",
     )
     classes: list[str] = field(
-        [], help="class names and label values, e.g. tumour=1 edema=2, or names alone (valued 1, 2, ... in order)",
+        [],
+        help="class names and label values, e.g. tumour=1 edema=2, or names alone (valued 1, 2, ... in order)",
         metavar="NAME[=VALUE]",
     )
     color_table: str | None = field(
@@ -167,8 +168,11 @@ def recipe_from_init(
     if spacing is None and "spacing" in recommended:
         spacing = recommended["spacing"]
         used.append("spacing " + "×".join(f"{s:g}" for s in spacing) + " mm")
-    message = f"{', '.join(used)}: recommended for {entry.name} (its pretraining); --window/--spacing override" \
-        if used else None
+    message = (
+        f"{', '.join(used)}: recommended for {entry.name} (its pretraining); --window/--spacing override"
+        if used
+        else None
+    )
     window = tuple(float(w) for w in window) if window is not None else DEFAULT_WINDOW
     spacing = tuple(float(s) for s in spacing) if spacing is not None else DEFAULT_SPACING
     return window, spacing, message
@@ -200,12 +204,18 @@ def _check_memory(config: FinetuneConfig, model: nn.Module, device: torch.device
     from voco_backend.memory_guard import StepShape, check_step_memory
     from voco_backend.networks import feature_size_of
 
-    shape = StepShape(feature_size=feature_size_of(config.model_size), parameters=sum(p.numel() for p in
-                      model.parameters()), crops=config.batch_size, crop_voxels=config.roi**3,
-                      gradient_checkpointing=config.gradient_checkpointing,
-                      half_precision=device.type == "cuda" and config.amp, decoder=True)
-    advice = "use a smaller --batch-size or --roi" + ("" if config.gradient_checkpointing else
-                                                      ", or --gradient-checkpointing")
+    shape = StepShape(
+        feature_size=feature_size_of(config.model_size),
+        parameters=sum(p.numel() for p in model.parameters()),
+        crops=config.batch_size,
+        crop_voxels=config.roi**3,
+        gradient_checkpointing=config.gradient_checkpointing,
+        half_precision=device.type == "cuda" and config.amp,
+        decoder=True,
+    )
+    advice = "use a smaller --batch-size or --roi" + (
+        "" if config.gradient_checkpointing else ", or --gradient-checkpointing"
+    )
     check_step_memory(shape, device, 1, advice)
 
 

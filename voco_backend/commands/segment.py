@@ -153,8 +153,10 @@ def run(config: SegmentConfig, reporter: Reporter, cancel: CancelToken) -> None:
     reporter.log(f"model {info.name}: {segmenter.report.summary()}")
     overlap, blend, recommended = window_settings(info.init, config.overlap, config.blend)
     if recommended:
-        reporter.log(f"sliding windows: overlap {overlap}, {blend} blending, as {info.name}'s authors run it "
-                     "(--overlap / --blend to change)")
+        reporter.log(
+            f"sliding windows: overlap {overlap}, {blend} blending, as {info.name}'s authors run it "
+            "(--overlap / --blend to change)"
+        )
     inputs = expand_inputs(config.input)
     if not inputs:
         raise UsageError(f"field 'input': the list file {config.input[0]} names no CT")

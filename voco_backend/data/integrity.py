@@ -22,17 +22,57 @@ MAX_VOXELS = 2**31  # 8 GiB as float32: far beyond any CT; refused before anythi
 CHUNK = 1 << 20
 _NRRD_TYPE_BYTES = {
     **dict.fromkeys(("signed char", "int8", "int8_t", "uchar", "unsigned char", "uint8", "uint8_t"), 1),
-    **dict.fromkeys(("short", "short int", "signed short", "signed short int", "int16", "int16_t", "ushort",
-                     "unsigned short", "unsigned short int", "uint16", "uint16_t"), 2),
-    **dict.fromkeys(("int", "signed int", "int32", "int32_t", "uint", "unsigned int", "uint32", "uint32_t",
-                     "float"), 4),
-    **dict.fromkeys(("longlong", "long long", "long long int", "signed long long", "signed long long int", "int64",
-                     "int64_t", "ulonglong", "unsigned long long", "unsigned long long int", "uint64", "uint64_t",
-                     "double"), 8),
+    **dict.fromkeys(
+        (
+            "short",
+            "short int",
+            "signed short",
+            "signed short int",
+            "int16",
+            "int16_t",
+            "ushort",
+            "unsigned short",
+            "unsigned short int",
+            "uint16",
+            "uint16_t",
+        ),
+        2,
+    ),
+    **dict.fromkeys(
+        ("int", "signed int", "int32", "int32_t", "uint", "unsigned int", "uint32", "uint32_t", "float"), 4
+    ),
+    **dict.fromkeys(
+        (
+            "longlong",
+            "long long",
+            "long long int",
+            "signed long long",
+            "signed long long int",
+            "int64",
+            "int64_t",
+            "ulonglong",
+            "unsigned long long",
+            "unsigned long long int",
+            "uint64",
+            "uint64_t",
+            "double",
+        ),
+        8,
+    ),
 }
 _MET_TYPE_BYTES = {
-    "MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4, "MET_LONG": 4,
-    "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8,
+    "MET_CHAR": 1,
+    "MET_UCHAR": 1,
+    "MET_SHORT": 2,
+    "MET_USHORT": 2,
+    "MET_INT": 4,
+    "MET_UINT": 4,
+    "MET_LONG": 4,
+    "MET_ULONG": 4,
+    "MET_LONG_LONG": 8,
+    "MET_ULONG_LONG": 8,
+    "MET_FLOAT": 4,
+    "MET_DOUBLE": 8,
 }
 
 
@@ -58,14 +98,19 @@ def _voxel_bytes(dims: list[int], element_bytes: int, path: Path) -> int:
         raise DataError(f"header declares the size {dims}; every size must be at least 1", file=path)
     voxels = math.prod(dims)
     if voxels > MAX_VOXELS:
-        raise DataError(f"header declares {voxels} voxels ({' x '.join(map(str, dims))}), more than this program "
-                        f"reads ({MAX_VOXELS})", file=path)
+        raise DataError(
+            f"header declares {voxels} voxels ({' x '.join(map(str, dims))}), more than this program "
+            f"reads ({MAX_VOXELS})",
+            file=path,
+        )
     return voxels * element_bytes
 
 
 def _truncated(path: Path, have: int, need: int) -> DataError:
-    return DataError(f"image is truncated: {have} of the {need} bytes its header declares; the file is cut "
-                     "short (copy it again)", file=path)
+    return DataError(
+        f"image is truncated: {have} of the {need} bytes its header declares; the file is cut short (copy it again)",
+        file=path,
+    )
 
 
 def _gzip_bytes(path: Path, offset: int, need: int) -> int:
@@ -81,8 +126,10 @@ def _gzip_bytes(path: Path, offset: int, need: int) -> int:
                     break
                 have += len(chunk)
         except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-            raise DataError(f"image is truncated or damaged: its gzip stream breaks off after {have} of "
-                            f"{need} bytes ({exc})", file=path) from exc
+            raise DataError(
+                f"image is truncated or damaged: its gzip stream breaks off after {have} of {need} bytes ({exc})",
+                file=path,
+            ) from exc
     if have < need:
         raise _truncated(path, have, need)
     return have
@@ -103,8 +150,9 @@ def _zlib_bytes(path: Path, offset: int, need: int) -> int:
                 while decompressor.unconsumed_tail and have < need:
                     have += len(decompressor.decompress(decompressor.unconsumed_tail, need - have + 1))
         except zlib.error as exc:
-            raise DataError(f"image is damaged: its zlib stream is invalid after {have} of {need} bytes ({exc})",
-                            file=path) from exc
+            raise DataError(
+                f"image is damaged: its zlib stream is invalid after {have} of {need} bytes ({exc})", file=path
+            ) from exc
     if have < need:
         raise _truncated(path, have, need)
     return have
@@ -143,7 +191,7 @@ def _check_nifti(path: Path, compressed: bool) -> None:
     ndim = dims[0]
     if not 1 <= ndim <= 7 or bitpix <= 0 or bitpix % 8 or offset < 0:
         raise DataError(f"not a valid NIfTI header (dim[0] {ndim}, bitpix {bitpix})", file=path)
-    need = offset + _voxel_bytes(dims[1:ndim + 1], bitpix // 8, path)
+    need = offset + _voxel_bytes(dims[1 : ndim + 1], bitpix // 8, path)
     if compressed:
         _gzip_bytes(path, 0, need)
     elif path.stat().st_size < need:
@@ -153,15 +201,13 @@ def _check_nifti(path: Path, compressed: bool) -> None:
 def _finite_geometry(values: tuple[float, ...], path: Path) -> None:
     """ITK reads a NaN spacing or origin as 1 or 0 without a word: refuse it from the header itself."""
     if not all(math.isfinite(v) for v in values):
-        raise DataError("header holds a NaN or infinite spacing, origin or direction; fix the image header",
-                        file=path)
+        raise DataError("header holds a NaN or infinite spacing, origin or direction; fix the image header", file=path)
 
 
 def _text_geometry(fields: dict[str, str], keys: tuple[str, ...], path: Path) -> None:
     for key in keys:
         if re.search(r"nan|inf", fields.get(key, ""), re.IGNORECASE):
-            raise DataError(f"header field '{key}' is not finite ({fields[key][:80]}); fix the image header",
-                            file=path)
+            raise DataError(f"header field '{key}' is not finite ({fields[key][:80]}); fix the image header", file=path)
 
 
 def _header_fields(path: Path, separator: str) -> tuple[dict[str, str], int]:
@@ -196,8 +242,9 @@ def _check_nrrd(path: Path) -> None:
     fields, data_start = _header_fields(path, ":")
     _text_geometry(fields, ("space origin", "space directions", "spacings", "axis mins", "thicknesses"), path)
     if fields.get("dimension") == "3" and "none" in fields.get("space directions", "").lower():
-        raise DataError("header gives an axis no space direction (a NaN or missing spacing); fix the image header",
-                        file=path)
+        raise DataError(
+            "header gives an axis no space direction (a NaN or missing spacing); fix the image header", file=path
+        )
     if "sizes" not in fields or "type" not in fields:
         return  # not a NRRD header we understand: the reader decides
     element = _NRRD_TYPE_BYTES.get(fields["type"].lower())
@@ -224,8 +271,11 @@ def _check_nrrd(path: Path) -> None:
 
 def _check_metaimage(path: Path) -> None:
     fields, data_start = _header_fields(path, "=")
-    _text_geometry(fields, ("offset", "origin", "position", "elementspacing", "transformmatrix", "rotation",
-                            "orientation", "elementsize"), path)
+    _text_geometry(
+        fields,
+        ("offset", "origin", "position", "elementspacing", "transformmatrix", "rotation", "orientation", "elementsize"),
+        path,
+    )
     if "dimsize" not in fields or "elementtype" not in fields:
         return
     element = _MET_TYPE_BYTES.get(fields["elementtype"].upper())

@@ -68,8 +68,11 @@ def read_image(path: str | Path) -> sitk.Image:
     if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
         array = sitk.GetArrayViewFromImage(image)
         if not np.isfinite(array).all():
-            raise DataError(f"image holds {int(np.count_nonzero(~np.isfinite(array)))} NaN or infinite voxels; "
-                            "replace them (e.g. with the air value) first", file=path)
+            raise DataError(
+                f"image holds {int(np.count_nonzero(~np.isfinite(array)))} NaN or infinite voxels; "
+                "replace them (e.g. with the air value) first",
+                file=path,
+            )
     return image
 
 

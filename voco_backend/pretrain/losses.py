@@ -80,6 +80,7 @@ def voco_loss(
     t_crops, t_bases = _split(teacher.float(), num_volumes, sw)
     targets = targets.to(device=student.device, dtype=torch.float32)
     volumes = range(num_volumes)
+
     def predicted(i: int) -> torch.Tensor:
         student_view = overlap_logits(s_crops[i], t_bases[i])
         if not symmetric:
@@ -91,9 +92,7 @@ def voco_loss(
     inter_loss = intra.new_zeros(())
     if inter and num_volumes > 1:
         pairs = [(i, (i + 1) % num_volumes) for i in volumes]
-        inter_loss = _mean(
-            [_inter(s_crops[i], s_bases[j], t_crops[i], t_bases[j], negative) for i, j in pairs]
-        )
+        inter_loss = _mean([_inter(s_crops[i], s_bases[j], t_crops[i], t_bases[j], negative) for i, j in pairs])
     return {"total": intra + inter_loss + reg, "intra": intra, "inter": inter_loss, "reg": reg}
 
 

@@ -254,7 +254,11 @@ class FineTuner:
             p.seconds = time.monotonic() - started
             budget = {"remaining_s": round(max(s.max_seconds - p.seconds, 0.0), 1)} if s.max_seconds else {}
             reporter.progress(
-                "finetune", p.step, s.steps, loss=round(p.losses[-1], 4), lr=self.scheduler.get_last_lr()[0],
+                "finetune",
+                p.step,
+                s.steps,
+                loss=round(p.losses[-1], 4),
+                lr=self.scheduler.get_last_lr()[0],
                 **budget,
             )
             out_of_time = bool(s.max_seconds) and p.seconds >= s.max_seconds

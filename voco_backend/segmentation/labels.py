@@ -76,9 +76,7 @@ def parse_classes(specs: Sequence[str]) -> list[SegmentClass]:
     """Parse ``--classes``: ``name=value`` entries (value > 0), or bare names valued 1, 2, ... in order."""
     bare = ["=" not in spec for spec in specs]
     if any(bare) and not all(bare):
-        raise UsageError(
-            f"field 'classes' mixes bare names and name=value entries: {' '.join(specs)}; use one form"
-        )
+        raise UsageError(f"field 'classes' mixes bare names and name=value entries: {' '.join(specs)}; use one form")
     if all(bare):
         specs = [f"{spec}={i}" for i, spec in enumerate(specs, 1)]
     classes = []
@@ -136,14 +134,18 @@ def _csv_classes(text: str, path: Path) -> list[SegmentClass]:
     try:
         rows = list(csv.DictReader(text.splitlines()))
         classes = [
-            SegmentClass(row["Name"], int(row["LabelValue"]),
-                         (float(row["Color_R"]) / 255, float(row["Color_G"]) / 255, float(row["Color_B"]) / 255))
+            SegmentClass(
+                row["Name"],
+                int(row["LabelValue"]),
+                (float(row["Color_R"]) / 255, float(row["Color_G"]) / 255, float(row["Color_B"]) / 255),
+            )
             for row in rows
             if int(row["LabelValue"]) > 0 and row["Name"]
         ]
     except (KeyError, ValueError, TypeError) as exc:
-        raise DataError(f"not a Slicer .csv colour table (needs LabelValue, Name, Color_R/G/B: {exc})",
-                        file=path) from exc
+        raise DataError(
+            f"not a Slicer .csv colour table (needs LabelValue, Name, Color_R/G/B: {exc})", file=path
+        ) from exc
     return classes
 
 
@@ -274,22 +276,26 @@ def check_label_range(array: np.ndarray, label_path: str | Path) -> None:
     """
     if np.issubdtype(array.dtype, np.floating):
         if not np.all(np.isfinite(array)):
-            raise DataError("label holds NaN or infinite values; a label map must hold integer class values",
-                            file=label_path)
+            raise DataError(
+                "label holds NaN or infinite values; a label map must hold integer class values", file=label_path
+            )
         if not np.array_equal(array, np.round(array)):
-            raise DataError("label holds non-integer values; a label map must hold integer class values",
-                            file=label_path)
+            raise DataError(
+                "label holds non-integer values; a label map must hold integer class values", file=label_path
+            )
     elif not np.issubdtype(array.dtype, np.integer) and array.dtype != np.bool_:
-        raise DataError(f"label has pixel type {array.dtype}; a label map must hold integer class values",
-                        file=label_path)
+        raise DataError(
+            f"label has pixel type {array.dtype}; a label map must hold integer class values", file=label_path
+        )
     if array.size == 0:
         return
     low, high = array.min(), array.max()
     if low < 0:
         raise DataError(f"label holds the negative value {_exact(low)}; class values are >= 0", file=label_path)
     if high > MAX_LABEL_VALUE:
-        raise DataError(f"label holds the value {_exact(high)}, above the largest class value {MAX_LABEL_VALUE}",
-                        file=label_path)
+        raise DataError(
+            f"label holds the value {_exact(high)}, above the largest class value {MAX_LABEL_VALUE}", file=label_path
+        )
 
 
 def _exact(value: np.generic) -> str:

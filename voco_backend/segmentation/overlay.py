@@ -84,8 +84,14 @@ def write_overlay(
     figure, axes = plt.subplots(1, len(slices), figsize=(4 * len(slices), 5.2), squeeze=False)
     for axis, z in zip(axes[0], slices, strict=True):
         if background is not None:
-            axis.imshow(background[z], cmap="gray", aspect=aspect, vmin=DISPLAY_WINDOW[0], vmax=DISPLAY_WINDOW[1],
-                        interpolation="nearest")
+            axis.imshow(
+                background[z],
+                cmap="gray",
+                aspect=aspect,
+                vmin=DISPLAY_WINDOW[0],
+                vmax=DISPLAY_WINDOW[1],
+                interpolation="nearest",
+            )
         else:
             axis.imshow(np.full(pred_array[z].shape, 0.2), cmap="gray", aspect=aspect, vmin=0, vmax=1)
         axis.imshow(label_rgba(pred_array[z], shown_classes), aspect=aspect, interpolation="nearest")
@@ -96,8 +102,11 @@ def write_overlay(
                     axis.contour(mask, levels=[0.5], colors=[cls.color], linewidths=1.2)
         axis.set_title(f"z = {z}", fontsize=9)
         axis.axis("off")
-    present = [c for c in shown_classes if (pred_array == c.value).any() or (ref_array is not None
-                                                                          and (ref_array == c.value).any())]
+    present = [
+        c
+        for c in shown_classes
+        if (pred_array == c.value).any() or (ref_array is not None and (ref_array == c.value).any())
+    ]
     figure.legend(
         handles=[Patch(facecolor=c.color, edgecolor=c.color, label=c.name) for c in present],
         loc="lower center",

@@ -38,11 +38,14 @@ def test_glob_and_list_file_with_relative_entries_and_dedup(tree: Path):
     assert found == [tree / "nested" / "sts.nii.gz", tree / "chest.nrrd", tree / "nested" / "series"]
 
 
-@pytest.mark.parametrize(("entry", "message"), [
-    ("missing.nii.gz", "no such file or folder"),
-    ("*.mha", "the pattern matches no file"),
-    ("empty", "folder holds no image files"),
-])
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("missing.nii.gz", "no such file or folder"),
+        ("*.mha", "the pattern matches no file"),
+        ("empty", "folder holds no image files"),
+    ],
+)
 def test_bad_sources_are_one_line_errors_naming_the_path(tmp_path: Path, entry: str, message: str):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError) as info:

@@ -23,4 +23,3 @@ def test_workers_and_a_resumed_start_give_the_batches_of_an_uninterrupted_run():
         assert torch.equal(ours.crops, reference.crops)
         assert torch.equal(ours.targets, reference.targets)
     assert not torch.equal(uninterrupted[0].crops, uninterrupted[1].crops)  # steps do differ
-

@@ -96,9 +96,7 @@ def test_random_crops_lie_inside_the_region_and_targets_are_overlap_fractions() 
     for centre, target in zip(centres[:50], targets[:50], strict=True):
         box = random_box(TPAMI, centre)
         assert box[0].start >= 0 and box[0].stop <= 192 and box[1].start >= 0 and box[1].stop <= 192
-        assert (
-            box[0].stop - box[0].start == 64 and box[1].stop - box[1].start == 64 and box[2] == slice(0, 64)
-        )
+        assert box[0].stop - box[0].start == 64 and box[1].stop - box[1].start == 64 and box[2] == slice(0, 64)
         mask = np.zeros((192, 192), dtype=bool)
         mask[box[:2]] = True
         fractions = [mask[b[:2]].sum() / 64**2 for b in bases]

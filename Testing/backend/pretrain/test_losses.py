@@ -99,9 +99,7 @@ def test_voco_loss_follows_the_volume_major_layout() -> None:
     def bases(x: torch.Tensor, i: int) -> torch.Tensor:
         return x[v * sw + i * k : v * sw + (i + 1) * k]
 
-    intra = [
-        position_loss(targets[i], overlap_logits(crops(student, i), bases(teacher, i))) for i in range(v)
-    ]
+    intra = [position_loss(targets[i], overlap_logits(crops(student, i), bases(teacher, i))) for i in range(v)]
     inter = [
         position_loss(
             overlap_logits(crops(teacher, i), bases(teacher, (i + 1) % v)),

@@ -22,8 +22,22 @@ from voco_backend.pretrain.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["--model-size", "tiny", "--region-xy", "128", "--region-depth", "32", "--grid", "2",
-         "--random-crops", "1", "--volumes-per-step", "2", "--seed", "7"]
+SMALL = [
+    "--model-size",
+    "tiny",
+    "--region-xy",
+    "128",
+    "--region-depth",
+    "32",
+    "--grid",
+    "2",
+    "--random-crops",
+    "1",
+    "--volumes-per-step",
+    "2",
+    "--seed",
+    "7",
+]
 
 
 def events(text: str) -> list[dict]:
@@ -57,8 +71,9 @@ def cache(tmp_path_factory) -> str:
 def full_run(tmp_path_factory, ct, cache) -> tuple[Path, list[dict]]:
     """An uninterrupted 3-step run."""
     run_dir = tmp_path_factory.mktemp("full") / "run"
-    code, evts = pretrain("--data", ct, "--out", str(run_dir), "--steps", "3", "--cache-dir", cache,
-                          "--checkpoint-every", "2")
+    code, evts = pretrain(
+        "--data", ct, "--out", str(run_dir), "--steps", "3", "--cache-dir", cache, "--checkpoint-every", "2"
+    )
     assert code == 0, evts[-1]
     return run_dir, evts
 
@@ -80,15 +95,15 @@ def test_three_steps_give_finite_loss_and_every_output(full_run):
 def test_exported_encoder_loads_strictly_into_monai_swinunetr_v2(full_run):
     state = torch.load(full_run[0] / "encoder.pt", map_location="cpu", weights_only=True)
     assert len(state) == 145
-    assert {k.split(".")[0] for k in state} == {"swinViT", "encoder1", "encoder2", "encoder3", "encoder4",
-                                                "encoder10"}
+    assert {k.split(".")[0] for k in state} == {"swinViT", "encoder1", "encoder2", "encoder3", "encoder4", "encoder10"}
     net = SwinUNETR(in_channels=1, out_channels=3, feature_size=12, use_v2=True)
     missing, unexpected = net.load_state_dict(state, strict=False)
     assert not unexpected
-    assert all(k.split(".")[0] in ("decoder1", "decoder2", "decoder3", "decoder4", "decoder5", "out")
-               for k in missing)
-    assert torch.equal(net.state_dict()["swinViT.layers1c.0.layer.conv1.conv.weight"],
-                       state["swinViT.layers1c.0.layer.conv1.conv.weight"])
+    assert all(k.split(".")[0] in ("decoder1", "decoder2", "decoder3", "decoder4", "decoder5", "out") for k in missing)
+    assert torch.equal(
+        net.state_dict()["swinViT.layers1c.0.layer.conv1.conv.weight"],
+        state["swinViT.layers1c.0.layer.conv1.conv.weight"],
+    )
 
 
 def test_resume_continues_to_the_same_next_step_loss(full_run, tmp_path, ct, cache):
@@ -114,14 +129,27 @@ def test_existing_run_is_not_overwritten_without_resume(full_run, ct, cache):
 
 def _backend(*args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kwargs
+    )
 
 
 def test_sigterm_mid_run_exits_130_with_a_resumable_checkpoint(tmp_path, ct, cache):
     run_dir = tmp_path / "run"
-    proc = _backend("-m", "voco_backend", "pretrain", *SMALL, "--data", ct, "--out", str(run_dir),
-                    "--steps", "50", "--cache-dir", cache)
+    proc = _backend(
+        "-m",
+        "voco_backend",
+        "pretrain",
+        *SMALL,
+        "--data",
+        ct,
+        "--out",
+        str(run_dir),
+        "--steps",
+        "50",
+        "--cache-dir",
+        cache,
+    )
     for line in proc.stdout:
         if '"stage": "pretrain"' in line:
             proc.send_signal(signal.SIGTERM)
@@ -138,9 +166,31 @@ def test_sigterm_mid_run_exits_130_with_a_resumable_checkpoint(tmp_path, ct, cac
 
 def test_two_process_gloo_ddp_run_completes(tmp_path, ct, cache):
     run_dir = tmp_path / "run"
-    proc = _backend("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "voco_backend",
-                    "pretrain", *SMALL, "--volumes-per-step", "1", "--threads", "1", "--data", ct,
-                    "--out", str(run_dir), "--steps", "2", "--cache-dir", cache, "--device", "cpu")
+    proc = _backend(
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "voco_backend",
+        "pretrain",
+        *SMALL,
+        "--volumes-per-step",
+        "1",
+        "--threads",
+        "1",
+        "--data",
+        ct,
+        "--out",
+        str(run_dir),
+        "--steps",
+        "2",
+        "--cache-dir",
+        cache,
+        "--device",
+        "cpu",
+    )
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     evts = events(out)
@@ -155,8 +205,9 @@ def test_init_from_an_official_ssl_file_says_what_starts_fresh(full_run, tmp_pat
     official = tmp_path / "VoCo_tiny_SSL_head.pt"
     torch.save(torch.load(full_run[0] / "encoder.pt", map_location="cpu", weights_only=True), official)
     run_dir = tmp_path / "run"
-    code, evts = pretrain("--data", ct, "--out", str(run_dir), "--steps", "1", "--cache-dir", cache,
-                          "--init", str(official))
+    code, evts = pretrain(
+        "--data", ct, "--out", str(run_dir), "--steps", "1", "--cache-dir", cache, "--init", str(official)
+    )
     assert code == 0, evts[-1]
     logs = [e["message"] for e in evts if e["event"] == "log"]
     assert any(m.startswith("loaded 145/145 tensors (145 encoder)") for m in logs)
@@ -180,8 +231,7 @@ def test_a_run_made_before_the_merge_order_record_resumes_in_its_own_order(full_
     assert evts[-1]["merge_order"] == "monai1.5"
 
 
-def test_a_step_too_large_for_the_memory_exits_4_with_advice_before_the_first_step(tmp_path, ct, cache,
-                                                                                     monkeypatch):
+def test_a_step_too_large_for_the_memory_exits_4_with_advice_before_the_first_step(tmp_path, ct, cache, monkeypatch):
     monkeypatch.setenv("VOCO_MEMORY_LIMIT_GB", "0.5")
     run_dir = tmp_path / "run"
     code, evts = pretrain("--data", ct, "--out", str(run_dir), "--steps", "1", "--cache-dir", cache)
@@ -202,8 +252,19 @@ def test_two_preprocess_only_processes_fill_one_cache_safely(tmp_path, ct):
     volumes = [tmp_path / f"ct{k}.nrrd" for k in range(2)]
     for volume in volumes:
         shutil.copy(ct, volume)
-    args = ["-m", "voco_backend", "pretrain", *SMALL, "--preprocess-only", "--out", str(tmp_path / "unused"),
-            "--cache-dir", str(cache_dir), "--data", *map(str, volumes)]
+    args = [
+        "-m",
+        "voco_backend",
+        "pretrain",
+        *SMALL,
+        "--preprocess-only",
+        "--out",
+        str(tmp_path / "unused"),
+        "--cache-dir",
+        str(cache_dir),
+        "--data",
+        *map(str, volumes),
+    ]
     procs = [_backend(*args) for _ in range(2)]
     outputs = [proc.communicate(timeout=600) for proc in procs]
     for proc, (out, err) in zip(procs, outputs, strict=True):
@@ -222,8 +283,9 @@ def test_resume_with_dataloader_workers_continues_to_the_same_next_step_loss(ful
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     shutil.copy(full_run[0] / "checkpoint_step2.pt", run_dir / "checkpoint_last.pt")
-    code, evts = pretrain("--data", ct, "--out", str(run_dir), "--steps", "3", "--cache-dir", cache, "--resume",
-                          "--workers", "2")
+    code, evts = pretrain(
+        "--data", ct, "--out", str(run_dir), "--steps", "3", "--cache-dir", cache, "--resume", "--workers", "2"
+    )
     assert code == 0, evts[-1]
     assert step_losses(evts)[3] == pytest.approx(step_losses(full_run[1])[3], rel=1e-5, abs=1e-6)
 
@@ -231,8 +293,22 @@ def test_resume_with_dataloader_workers_continues_to_the_same_next_step_loss(ful
 def test_10k_recipe_exports_the_ema_teacher_encoder_beside_the_student(tmp_path, ct, cache):
     """The released CVPR encoder may be the EMA teacher (VOCO.md §6b): a 10k run exports both, official layout."""
     run_dir = tmp_path / "run"
-    code, evts = pretrain("--data", ct, "--out", str(run_dir), "--steps", "1", "--cache-dir", cache,
-                          "--recipe", "10k", "--volumes-per-step", "1", "--crop-resize", "64")
+    code, evts = pretrain(
+        "--data",
+        ct,
+        "--out",
+        str(run_dir),
+        "--steps",
+        "1",
+        "--cache-dir",
+        cache,
+        "--recipe",
+        "10k",
+        "--volumes-per-step",
+        "1",
+        "--crop-resize",
+        "64",
+    )
     assert code == 0, evts[-1]
     student = torch.load(run_dir / "encoder.pt", weights_only=True)
     teacher = torch.load(evts[-1]["teacher_encoder"], weights_only=True)

@@ -167,8 +167,13 @@ def test_catalogue_segmentation_network_segments_with_vocomni_class_names(tmp_pa
         "description": "test network",
         "license": "Apache-2.0",
         "citation": "-",
-        "recipe": {"spacing": [4, 4, 4], "window": [-175, 250], "roi": [64, 64, 64], "overlap": 0.75,
-                   "blend": "constant"},
+        "recipe": {
+            "spacing": [4, 4, 4],
+            "window": [-175, 250],
+            "roi": [64, 64, 64],
+            "overlap": 0.75,
+            "blend": "constant",
+        },
         "classes": [dict(c) for c in vocomni.classes[:2]],
     }
     catalogue = tmp_path / "models.json"

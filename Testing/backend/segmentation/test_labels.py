@@ -54,8 +54,10 @@ def test_slicer_colour_table_is_read(tmp_path):
 
 def test_slicer_csv_colour_table_keeps_names_with_spaces(tmp_path):
     table = tmp_path / "classes.csv"
-    table.write_text('"LabelValue","Name","Color_R","Color_G","Color_B","Color_A"\n0,"background",0,0,0,0\n'
-                     '5,"right lung",128,51,26,255\n2,"left lung",26,230,26,255\n')
+    table.write_text(
+        '"LabelValue","Name","Color_R","Color_G","Color_B","Color_A"\n0,"background",0,0,0,0\n'
+        '5,"right lung",128,51,26,255\n2,"left lung",26,230,26,255\n'
+    )
     classes = read_color_table(table)
     assert [(c.name, c.value) for c in classes] == [("left lung", 2), ("right lung", 5)]
     assert classes[1].color == pytest.approx((128 / 255, 51 / 255, 26 / 255))
