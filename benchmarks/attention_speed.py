@@ -1,0 +1,72 @@
+"""Window attention in training: MONAI's explicit softmax against ``voco_backend.attention`` (SDPA), same run.
+
+One stage-1 ``WindowAttention`` (7³ windows, 3 heads, relative-position bias, a shifted-window mask) forward and
+backward per row, on the input of ``CROPS`` 64³ crops (125 windows of 343 tokens each), fp32 on the CPU. Each row
+runs in its own process so that its peak RSS is its own; the first pass is a warm-up and not timed. Ratios are
+against the MONAI row of the same width.
+
+    .venv/bin/python benchmarks/attention_speed.py --dims 12 48 --crops 4 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+
+def _child(kind: str, dim: int, crops: int, repeats: int) -> dict:
+    import torch
+    from monai.networks.nets.swin_unetr import WindowAttention
+
+    from voco_backend.attention import use_sdpa_attention
+
+    torch.manual_seed(0)
+    module = WindowAttention(dim, 3, (7, 7, 7), qkv_bias=True)
+    if kind == "sdpa":
+        use_sdpa_attention(module)
+    windows, tokens = 125, 343
+    x = torch.randn(crops * windows, tokens, dim, requires_grad=True)
+    mask = torch.where(torch.rand(windows, tokens, tokens) < 0.3, -100.0, 0.0)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    module(x, mask).sum().backward()  # warm-up
+    began = time.perf_counter()
+    for _ in range(repeats):
+        module(x, mask).sum().backward()
+    seconds = (time.perf_counter() - began) / repeats
+    peak_gb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1e6
+    return {"s": seconds, "rss_added_gb": peak_gb}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dims", type=int, nargs="+", default=[12, 48], help="channel widths (tiny 12, B 48)")
+    parser.add_argument("--crops", type=int, nargs="+", default=[4, 2], help="crops per width, in order")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        kind, dim, crops, repeats = args.child
+        print(json.dumps(_child(kind, int(dim), int(crops), int(repeats))))
+        return
+    print("| width | crops | attention | s fwd+bwd | ratio | RSS added GB | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for dim, crops in zip(args.dims, args.crops, strict=True):
+        rows = {}
+        for kind in ("monai", "sdpa"):
+            command = [sys.executable, __file__, "--child", kind, str(dim), str(crops), str(args.repeats)]
+            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            rows[kind] = json.loads(out.strip().splitlines()[-1])
+        for kind, row in rows.items():
+            base = rows["monai"]
+            print(
+                f"| {dim} | {crops} | {kind} | {row['s']:.2f} | {row['s'] / base['s']:.2f} | "
+                f"{row['rss_added_gb']:.2f} | {row['rss_added_gb'] / base['rss_added_gb']:.2f} |"
+            )
+
+
+if __name__ == "__main__":
+    main()
