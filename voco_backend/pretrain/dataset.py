@@ -253,6 +253,9 @@ def batches(batcher: CropBatcher, first: int, last: int, workers: int = 0, pin_m
         worker_init_fn=_one_thread if workers else None,
         prefetch_factor=2 if workers else None,
         collate_fn=_keep,
+        # Its own generator: a DataLoader otherwise draws its workers' base seed from the global torch RNG, which
+        # the training step's dropout also draws from, and a resumed run would then differ from an uninterrupted one.
+        generator=torch.Generator().manual_seed(first),
     )
     yield from loader
 
