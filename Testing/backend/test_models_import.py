@@ -30,7 +30,7 @@ def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def weights(tmp_path) -> Path:
     """A real encoder file in the official layout (a stand-in for a downloaded release file)."""
     torch.manual_seed(0)
-    return export_encoder(SwinEncoder("tiny"), tmp_path / "downloads" / "VoCo_10k.pt")
+    return export_encoder(SwinEncoder("tiny"), tmp_path / "downloads" / "VoCo_B_SSL_head.pt")
 
 
 def last_event(capsys) -> dict:
@@ -38,10 +38,10 @@ def last_event(capsys) -> dict:
 
 
 def test_a_wrong_file_is_refused_against_the_packaged_checksum_and_nothing_is_kept(weights, isolated_cache, capsys):
-    assert main(["models", "import", "VoCo_10k", str(weights)]) == 3
+    assert main(["models", "import", "VoCo_B_SSL_head", str(weights)]) == 3
     error = last_event(capsys)
     assert error["event"] == "error" and error["file"] == str(weights)
-    assert "is not the catalogue's de4160dc52436e2e437a4c0293822e5fd644f4858738aa14995866a2617fedcd" in error["message"]
+    assert "is not the catalogue's 06664b629e73a25aacfaf9e0dd3f2df36f93a9f60f0bf8cf4d8b5cc95cd01298" in error["message"]
     assert "\n" not in error["message"]
     models = isolated_cache / "models"
     assert not models.exists() or list(models.iterdir()) == []
@@ -49,23 +49,23 @@ def test_a_wrong_file_is_refused_against_the_packaged_checksum_and_nothing_is_ke
 
 def test_the_published_file_is_placed_where_fetch_puts_it(weights, tmp_path, monkeypatch, capsys):
     site = json.loads((RESOURCES / "models.json").read_text())
-    entry = next(m for m in site["models"] if m["name"] == "VoCo_10k")
+    entry = next(m for m in site["models"] if m["name"] == "VoCo_B_SSL_head")
     entry["checksum"] = {"algorithm": "sha256", "value": hashlib.sha256(weights.read_bytes()).hexdigest()}
     (tmp_path / "site.json").write_text(json.dumps(site))
     monkeypatch.setenv(catalogue.CATALOGUE_ENV, str(tmp_path / "site.json"))  # a site's own catalogue
 
-    assert main(["models", "import", "VoCo_10k", str(weights)]) == 0
+    assert main(["models", "import", "VoCo_B_SSL_head", str(weights)]) == 0
     result = last_event(capsys)
-    cached = catalogue.get_entry("VoCo_10k").cached_path
+    cached = catalogue.get_entry("VoCo_B_SSL_head").cached_path
     assert result["path"] == str(cached) and result["verified"] is True
     assert cached.read_bytes() == weights.read_bytes()
-    assert catalogue.resolve_model("VoCo_10k") == cached  # segment/finetune --init find it by name now
+    assert catalogue.resolve_model("VoCo_B_SSL_head") == cached  # segment/finetune --init find it by name now
     assert [p.name for p in cached.parent.iterdir()] == [cached.name]  # no temporary left beside it
 
 
 def test_import_usage_errors(weights, tmp_path, capsys):
-    assert main(["models", "import", "VoCo_10k"]) == 2
-    assert main(["models", "fetch", "VoCo_10k", str(weights)]) == 2
+    assert main(["models", "import", "VoCo_B_SSL_head"]) == 2
+    assert main(["models", "fetch", "VoCo_B_SSL_head", str(weights)]) == 2
     assert main(["models", "import", "NoSuchModel", str(weights)]) == 2
-    assert main(["models", "import", "VoCo_10k", str(tmp_path / "missing.pt")]) == 3
+    assert main(["models", "import", "VoCo_B_SSL_head", str(tmp_path / "missing.pt")]) == 3
     assert "no such weights file" in last_event(capsys)["message"]
