@@ -275,7 +275,7 @@ def test_two_preprocess_only_processes_fill_one_cache_safely(tmp_path, ct):
     entries = sorted(cache_dir.rglob("*.pt"))
     assert len(entries) == 2
     assert not [p for p in cache_dir.rglob("*") if ".partial" in p.name]
-    first, second = (torch.load(p, weights_only=False)["image"] for p in entries)
+    first, second = (torch.load(p, weights_only=True)["image"] for p in entries)
     assert first.dtype == torch.float16 and torch.equal(first, second)  # same CT, same recipe: same entry
 
 
