@@ -74,6 +74,7 @@ def test_missing_remote_python_is_named(sshd):
     outcome = RemoteBackendRunner(sshd.remoteHost(python="/nonexistent/python3")).start(["models", "list"]).wait()
     assert outcome.exitCode == 127
     assert "'/nonexistent/python3' was not found" in outcome.message
+    assert runDirs(sshd) == []  # nothing of the failed run is left on the host
 
 
 @pytest.mark.slow

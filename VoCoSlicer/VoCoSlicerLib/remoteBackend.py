@@ -356,37 +356,42 @@ class RemoteBackendRun:
         if self._cancelled.is_set():
             return self._cleanUp(EXIT_CANCELLED, "cancelled")
         exitCode = self._runRemote()
-        if exitCode == EXIT_SSH_FAILED:
-            if self.remotePid is None:
-                return exitCode, sshFailureMessage("\n".join(self._stderrTail), host.host, "starting the run")
+        if exitCode == EXIT_SSH_FAILED and self.remotePid is not None:
             kept = "its checkpoint stays resumable there" if plan.training else "the run goes on there"
             return exitCode, (
                 f"the connection to {host.host} was lost during the run; {kept} in {self.remoteDir or plan.runDir}"
                 + ("; start it again with resume to continue" if plan.training else "")
             )
-        if exitCode == EXIT_NOT_FOUND and self.remotePid is None:
-            return exitCode, (
-                f"the remote Python '{host.python}' was not found on {host.host}: set the remote Python to the "
-                "path of a Python that has voco_backend installed"
-            )
         if exitCode != 0:
-            tail = "\n".join(self._stderrTail)
-            if "No module named voco_backend" in tail:
-                return exitCode, (
-                    f"voco_backend is not installed for {host.python} on {host.host}: install it there "
-                    "(pip install voco-backend) or set the remote Python to one that has it"
-                )
-            message = exitMessage(exitCode, self._errorEvent, list(self._stderrTail), self._cancelled.is_set())
             if plan.training and exitCode == EXIT_CANCELLED:
                 return exitCode, (
                     f"cancelled; the resumable checkpoint stays on {host.host} in {self.remoteDir or plan.runDir}"
                     " (start the run again with resume to continue)"
                 )
-            return self._cleanUp(exitCode, message) if not plan.training else (exitCode, message)
+            message = self._failureMessage(exitCode)
+            # a training run's folder may hold the checkpoint of an earlier try: it stays for resume
+            return (exitCode, message) if plan.training else self._cleanUp(exitCode, message)
         fetched = self._fetchOutputs()
         if fetched is not None:
             return fetched
         return self._cleanUp(0, "")
+
+    def _failureMessage(self, exitCode: int) -> str:
+        """The one line for a run that ended with ``exitCode`` (not a connection lost mid-run)."""
+        host, tail = self.host, "\n".join(self._stderrTail)
+        if exitCode == EXIT_SSH_FAILED:
+            return sshFailureMessage(tail, host.host, "starting the run")
+        if exitCode == EXIT_NOT_FOUND and self.remotePid is None:
+            return (
+                f"the remote Python '{host.python}' was not found on {host.host}: set the remote Python to the "
+                "path of a Python that has voco_backend installed"
+            )
+        if "No module named voco_backend" in tail:
+            return (
+                f"voco_backend is not installed for {host.python} on {host.host}: install it there "
+                "(pip install voco-backend) or set the remote Python to one that has it"
+            )
+        return exitMessage(exitCode, self._errorEvent, list(self._stderrTail), self._cancelled.is_set())
 
     def _runRemote(self) -> int:
         host, plan = self.host, self.plan

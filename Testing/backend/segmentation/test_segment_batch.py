@@ -38,7 +38,7 @@ def test_batch_segments_every_volume_once_loaded_and_reports_the_broken_one(mode
     broken.write_bytes(b"not an image")
     listed = tmp_path / "cases.txt"
     listed.write_text(f"# two cases\n{sts / 'STS_003_CT_image.nii.gz'}\nbroken.nii.gz\n")
-    dicom = sts / "STS_004_CT_image.nii.gz"  # a second small CT (DICOM folders go through the same read_image)
+    second = sts / "STS_008_CT_image.nii.gz"  # a second small CT (DICOM folders go through the same read_image)
     out = tmp_path / "out"
     run = backend(
         "segment",
@@ -46,7 +46,7 @@ def test_batch_segments_every_volume_once_loaded_and_reports_the_broken_one(mode
         str(model),
         "--input",
         str(listed),
-        str(dicom),
+        str(second),
         "--output-dir",
         str(out),
         "--interpolation",
@@ -56,12 +56,12 @@ def test_batch_segments_every_volume_once_loaded_and_reports_the_broken_one(mode
     (error,) = run.of("error")
     assert error["file"] == str(broken) and error["message"].startswith("1 of 3 volumes failed, the others are done")
     *volumes, summary = run.of("result")
-    assert [v["input"] for v in volumes] == [str(sts / "STS_003_CT_image.nii.gz"), str(dicom)]
+    assert [v["input"] for v in volumes] == [str(sts / "STS_003_CT_image.nii.gz"), str(second)]
     assert [v["volume"] for v in volumes] == [1, 3]
-    assert summary["outputs"] == [str(out / "STS_003_CT_image_seg.nii.gz"), str(out / "STS_004_CT_image_seg.nii.gz")]
+    assert summary["outputs"] == [str(out / "STS_003_CT_image_seg.nii.gz"), str(out / "STS_008_CT_image_seg.nii.gz")]
     assert [f["input"] for f in summary["failed"]] == [str(broken)]
     assert sum("model " in e["message"] for e in run.of("log") if e["message"].startswith("model ")) == 1
-    for volume, source in zip(volumes, (sts / "STS_003_CT_image.nii.gz", dicom), strict=True):
+    for volume, source in zip(volumes, (sts / "STS_003_CT_image.nii.gz", second), strict=True):
         label = sitk.ReadImage(volume["output"])
         reader = sitk.ImageSeriesReader()
         image = (
@@ -74,8 +74,8 @@ def test_batch_segments_every_volume_once_loaded_and_reports_the_broken_one(mode
     assert {p.name for p in out.iterdir()} == {
         "STS_003_CT_image_seg.nii.gz",
         "STS_003_CT_image_seg.statistics.csv",
-        "STS_004_CT_image_seg.nii.gz",
-        "STS_004_CT_image_seg.statistics.csv",
+        "STS_008_CT_image_seg.nii.gz",
+        "STS_008_CT_image_seg.statistics.csv",
     }
 
 
