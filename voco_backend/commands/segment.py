@@ -61,7 +61,7 @@ class SegmentConfig:
     tta: bool = field(False, help="test-time augmentation: average over flips of each axis (4x the time)")
     precision: str = field(
         "auto",
-        help="autocast precision: auto (bf16 on CUDA and on CPU, measured), fp32, bf16 or fp16",
+        help="autocast precision: auto (bf16 on CUDA and on a CPU with native bf16, else fp32), fp32, bf16 or fp16",
         choices=list(PRECISIONS),
     )
     interpolation: str = field(

@@ -31,14 +31,23 @@ from voco_backend.segmentation.model_folder import ModelInfo
 from voco_backend.segmentation.preprocess import preprocess
 
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
-# `auto` on a CPU. benchmarks/segment_speed.py on the 2-core AVX2 CPU (tiny chest model, lung2, 27 windows):
-# bf16 autocast 14.0 s vs fp32 16.5 s end to end, 99.95% of voxels unchanged, Dice >= 0.989 on every structure
-# above 0.1% of the volume. On CUDA `auto` is bf16 (fp16 where bf16 is unsupported).
-CPU_AUTO_PRECISION = "bf16"
+# `auto` on a CPU is bf16 only where the CPU computes bf16 natively (AVX512-BF16 or AMX): there
+# benchmarks/segment_speed.py measured bf16 autocast 14.0 s vs fp32 16.5 s end to end (tiny chest model, lung2,
+# 27 windows), 99.95% of voxels unchanged, Dice >= 0.989 on every structure above 0.1% of the volume. On an
+# AVX2-only CPU bf16 is emulated: one 64^3 window of the tiny network took 72 s in bf16 against 5.2 s in fp32,
+# so `auto` is fp32 there. On CUDA `auto` is bf16 (fp16 where bf16 is unsupported).
 INTERPOLATIONS: tuple[str, ...] = ("linear", "nearest")
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,))
 
 ProgressFn = Callable[[int, int], None]
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (oneDNN's own probe; False where it cannot be asked)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -46,7 +55,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if precision == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        precision = CPU_AUTO_PRECISION
+        precision = "bf16" if cpu_has_native_bf16() else "fp32"
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
