@@ -31,6 +31,9 @@ from VoCoSlicerLib.logic import referenceVolumes
 from VoCoSlicerLib.parameters import DEVICES, MODEL_SIZES
 
 README_URL = "https://github.com/VoCoSlicer/VoCoSlicer/blob/main/README.md#the-3d-slicer-module"
+# The crop-size spin box's minimum, shown as "auto": the backend chooses (64 for tiny, 96 otherwise). The backend
+# refuses 32 for fine-tuning, so the value cannot be meant as a size.
+ROI_AUTO = 32
 
 
 class VoCoSlicer(ScriptedLoadableModule):
@@ -59,7 +62,8 @@ class VoCoSlicerParameterNode:
     except ``model`` and ``finetuneInit``: their combo boxes list the models found at run time, which Slicer's
     combo-box connector (a fixed ``Choice`` list) cannot bind; the widget syncs them by hand.
 
-    The ranges are the ``.ui``'s (an unannotated ``int`` would reset a spin box to the full int range).
+    The ranges are the ``.ui``'s (an unannotated ``int`` would reset a spin box to the full int range); the
+    defaults are the backend's (``Testing/contract`` compares them with its CLI defaults).
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -70,11 +74,11 @@ class VoCoSlicerParameterNode:
     finetuneOutputFolder: Path
     finetuneSteps: Annotated[int, WithinRange(1, 100000)] = 200
     finetuneModelSize: Annotated[str, Choice(list(MODEL_SIZES))] = "B"
-    finetuneRoi: Annotated[int, WithinRange(64, 256)] = 96
+    finetuneRoi: Annotated[int, WithinRange(32, 256)] = ROI_AUTO
     finetuneMaxMinutes: Annotated[float, WithinRange(0.0, 10080.0)] = 0.0
     pretrainData: Path
     pretrainOutputFolder: Path
-    pretrainSteps: Annotated[int, WithinRange(1, 10000000)] = 1000
+    pretrainSteps: Annotated[int, WithinRange(1, 10000000)] = 100
     pretrainModelSize: Annotated[str, Choice(list(MODEL_SIZES))] = "B"
     pretrainResume: bool = False
     pythonExecutable: Path
@@ -339,7 +343,7 @@ class VoCoSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             init=parameters.finetuneInit or None,
             steps=parameters.finetuneSteps,
             modelSize=parameters.finetuneModelSize,
-            roi=parameters.finetuneRoi,
+            roi=None if parameters.finetuneRoi == ROI_AUTO else parameters.finetuneRoi,
             maxMinutes=parameters.finetuneMaxMinutes,
             device=parameters.device,
             **self._callbacks(self.onFinetuned),
