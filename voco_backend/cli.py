@@ -20,7 +20,6 @@ from voco_backend.errors import (
     EXIT_USAGE,
     Cancelled,
     DataError,
-    OutOfMemory,
     VoCoError,
     find_user_error,
 )
@@ -159,7 +158,7 @@ def _run(module: ModuleType, values: dict, config_file: str | None, reporter: Re
             return user_error.exit_code
         if _is_oom(exc):
             reporter.error(OOM_ADVICE, exit_code=EXIT_OOM)
-            return OutOfMemory.exit_code
+            return EXIT_OOM
         environment = _environment_error(exc)
         if environment is not None:
             reporter.error(environment.message, file=environment.file, exit_code=environment.exit_code)
