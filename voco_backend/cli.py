@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import re
 import sys
 import traceback
 from collections.abc import Sequence
@@ -52,16 +53,21 @@ def _load(name: str) -> ModuleType:
     return importlib.import_module(COMMANDS[name][0])
 
 
+def plain_text(docstring: str | None) -> str:
+    """A docstring as plain help text: reStructuredText's ``::`` and double backquotes dropped."""
+    return re.sub(r"::$", ":", (docstring or "").replace("``", ""), flags=re.MULTILINE)
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The argument parser; only ``command``'s module is imported (all of them for ``--help``)."""
-    parser = _Parser(prog="voco-backend", description=__doc__)
+    parser = _Parser(prog="voco-backend", description=plain_text(__doc__))
     parser.add_argument("--version", action="version", version=f"voco-backend {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (_, help_text) in COMMANDS.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)
         if command in (None, name):
             module = _load(name)
-            cmd.description = module.__doc__
+            cmd.description = plain_text(module.__doc__)
             cmd.formatter_class = argparse.RawDescriptionHelpFormatter
             add_arguments(cmd, module.CONFIG)
             cmd.add_argument(
