@@ -190,16 +190,9 @@ class VoCoSlicerLogic:
 
         return self._start("segment", prepare, complete, callbacks)
 
-    def segment(
-        self,
-        volumeNode: slicer.vtkMRMLScalarVolumeNode,
-        model: str,
-        segmentationNode: slicer.vtkMRMLSegmentationNode | None = None,
-        device: str = "auto",
-        callbacks: RunCallbacks | None = None,
-    ) -> slicer.vtkMRMLSegmentationNode:
-        """:meth:`startSegment`, waited for: the segmentation node."""
-        return _wait(self.startSegment(volumeNode, model, segmentationNode, device, callbacks))
+    def segment(self, *args: Any, **kwargs: Any) -> slicer.vtkMRMLSegmentationNode:
+        """:meth:`startSegment` (same arguments), waited for: the segmentation node."""
+        return _wait(self.startSegment(*args, **kwargs))
 
     def startFinetune(
         self,
@@ -250,17 +243,9 @@ class VoCoSlicerLogic:
 
         return self._start("finetune", prepare, complete, callbacks)
 
-    def finetune(
-        self,
-        volumeNodes: Sequence[slicer.vtkMRMLScalarVolumeNode],
-        segmentationNodes: Sequence[slicer.vtkMRMLSegmentationNode],
-        outputModelDir: str | Path,
-        callbacks: RunCallbacks | None = None,
-        register: bool = True,
-        **options: Any,
-    ) -> FinetunedModel:
-        """:meth:`startFinetune`, waited for: the new model."""
-        return _wait(self.startFinetune(volumeNodes, segmentationNodes, outputModelDir, callbacks, register, **options))
+    def finetune(self, *args: Any, **kwargs: Any) -> FinetunedModel:
+        """:meth:`startFinetune` (same arguments), waited for: the new model."""
+        return _wait(self.startFinetune(*args, **kwargs))
 
     def startFetch(self, name: str, callbacks: RunCallbacks | None = None) -> BackendRun:
         """Start downloading catalogue model ``name`` (progress events of stage ``download``).
@@ -272,9 +257,9 @@ class VoCoSlicerLogic:
             "fetch", lambda workDir: ["models", "fetch", name], lambda outcome, workDir: outcome.result, callbacks
         )
 
-    def fetch(self, name: str, callbacks: RunCallbacks | None = None) -> dict[str, Any]:
-        """:meth:`startFetch`, waited for: the backend's result fields."""
-        return _wait(self.startFetch(name, callbacks))
+    def fetch(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """:meth:`startFetch` (same arguments), waited for: the backend's result fields."""
+        return _wait(self.startFetch(*args, **kwargs))
 
     def startPretrain(
         self,
@@ -298,15 +283,9 @@ class VoCoSlicerLogic:
             "pretrain", lambda workDir: parameters.toArgv(), lambda outcome, workDir: outputRunDir, callbacks
         )
 
-    def pretrain(
-        self,
-        data: Sequence[str | Path],
-        outputRunDir: str | Path,
-        callbacks: RunCallbacks | None = None,
-        **options: Any,
-    ) -> str:
-        """:meth:`startPretrain`, waited for: the run folder."""
-        return _wait(self.startPretrain(data, outputRunDir, callbacks, **options))
+    def pretrain(self, *args: Any, **kwargs: Any) -> str:
+        """:meth:`startPretrain` (same arguments), waited for: the run folder."""
+        return _wait(self.startPretrain(*args, **kwargs))
 
     def _start(
         self,
