@@ -23,14 +23,17 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
-from VoCoSlicerLib import BackendEnvironment, RunOutcome
+from VoCoSlicerLib import BackendEnvironment, BackendRun, RunOutcome
 from VoCoSlicerLib import VoCoSlicerLogic as BackendLogic
 from VoCoSlicerLib.backendEnvironment import checkPythonVersion
 from VoCoSlicerLib.backendRunner import describeProgress
-from VoCoSlicerLib.logic import referenceVolumes
+from VoCoSlicerLib.logic import FinetunedModel, RunCallbacks, referenceVolumes
 from VoCoSlicerLib.parameters import DEVICES, MODEL_SIZES
 
 README_URL = "https://github.com/VoCoSlicer/VoCoSlicer/blob/main/README.md#the-3d-slicer-module"
+# The crop-size spin box's minimum, shown as "auto": the backend chooses (64 for tiny, 96 otherwise). The backend
+# refuses 32 for fine-tuning, so the value cannot be meant as a size.
+ROI_AUTO = 32
 
 
 class VoCoSlicer(ScriptedLoadableModule):
@@ -59,7 +62,8 @@ class VoCoSlicerParameterNode:
     except ``model`` and ``finetuneInit``: their combo boxes list the models found at run time, which Slicer's
     combo-box connector (a fixed ``Choice`` list) cannot bind; the widget syncs them by hand.
 
-    The ranges are the ``.ui``'s (an unannotated ``int`` would reset a spin box to the full int range).
+    The ranges are the ``.ui``'s (an unannotated ``int`` would reset a spin box to the full int range); the
+    defaults are the backend's (``Testing/contract`` compares them with its CLI defaults).
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -70,11 +74,11 @@ class VoCoSlicerParameterNode:
     finetuneOutputFolder: Path
     finetuneSteps: Annotated[int, WithinRange(1, 100000)] = 200
     finetuneModelSize: Annotated[str, Choice(list(MODEL_SIZES))] = "B"
-    finetuneRoi: Annotated[int, WithinRange(64, 256)] = 96
+    finetuneRoi: Annotated[int, WithinRange(32, 256)] = ROI_AUTO
     finetuneMaxMinutes: Annotated[float, WithinRange(0.0, 10080.0)] = 0.0
     pretrainData: Path
     pretrainOutputFolder: Path
-    pretrainSteps: Annotated[int, WithinRange(1, 10000000)] = 1000
+    pretrainSteps: Annotated[int, WithinRange(1, 10000000)] = 100
     pretrainModelSize: Annotated[str, Choice(list(MODEL_SIZES))] = "B"
     pretrainResume: bool = False
     pythonExecutable: Path
@@ -227,10 +231,23 @@ class VoCoSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.fetchModelButton.enabled = bool(parameters.model)
 
     def _logicForSettings(self) -> VoCoSlicerLogic:
-        """The logic for the chosen Python; offers to install the backend into Slicer's Python on first use."""
+        """The logic for the chosen Python, its backend installed (see the two steps below)."""
+        self._useChosenPython()
+        self._installBackendIfMissing(self.logic.environment)
+        return self.logic
+
+    def _useChosenPython(self) -> None:
+        """Swap in a logic for the Python chosen in the Backend panel, when it is not the current one."""
         environment = BackendEnvironment(pythonExecutable=_chosenPath(self._parameterNode.pythonExecutable))
         if environment != self.logic.environment:
             self.logic = VoCoSlicerLogic(environment)
+
+    def _installBackendIfMissing(self, environment: BackendEnvironment) -> None:
+        """Offer to install the backend into Slicer's Python when ``environment`` cannot import it.
+
+        Raises:
+            RuntimeError: the backend is missing and cannot or may not be installed (one line for the user).
+        """
         if not environment.isInstalled():
             if not environment.usesSlicerPython or not slicer.util.confirmOkCancelDisplay(
                 "VoCoSlicer needs its backend (PyTorch, MONAI) in Slicer's Python. Install it now? This takes "
@@ -242,7 +259,6 @@ class VoCoSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 )
             with slicer.util.WaitCursor():
                 environment.install()
-        return self.logic
 
     def onInstallBackend(self) -> None:
         """Install the backend into Slicer's Python (blocking, with a wait cursor)."""
@@ -305,26 +321,26 @@ class VoCoSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = "Starting…"
         self.ui.logTextEdit.clear()
 
-    def _callbacks(self, onDone: Any) -> dict[str, Any]:
-        return {
-            "waitForCompletion": False,
-            "onProgress": self.onProgress,
-            "onLog": self.ui.logTextEdit.appendPlainText,
-            "onFinished": lambda outcome: self.onFinished(outcome, onDone),
-        }
+    def _callbacks(self, onDone: Any) -> RunCallbacks:
+        """Progress to the bar, log lines to the log box, and ``onDone`` after the buttons are restored."""
+        return RunCallbacks(
+            onProgress=self.onProgress,
+            onLog=self.ui.logTextEdit.appendPlainText,
+            onFinished=lambda outcome: self.onFinished(outcome, onDone),
+        )
 
-    def startSegment(self) -> Any:
+    def startSegment(self) -> BackendRun:
         """Segment the input volume with the chosen model."""
         parameters = self._parameterNode
-        return self.logic.segment(
+        return self.logic.startSegment(
             parameters.inputVolume,
             parameters.model,
             parameters.outputSegmentation,
             device=parameters.device,
-            **self._callbacks(self.onSegmented),
+            callbacks=self._callbacks(self.onSegmented),
         )
 
-    def startFinetune(self) -> Any:
+    def startFinetune(self) -> BackendRun:
         """Fine-tune on the checked segmentations, each with the volume it was drawn on."""
         parameters = self._parameterNode
         segmentationNodes = self.ui.trainingSegmentationsSelector.checkedNodes()
@@ -332,40 +348,36 @@ class VoCoSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             volumeNode or self.askReferenceVolume(segmentationNode)
             for segmentationNode, volumeNode in zip(segmentationNodes, referenceVolumes(segmentationNodes), strict=True)
         ]
-        return self.logic.finetune(
+        return self.logic.startFinetune(
             volumeNodes,
             segmentationNodes,
             parameters.finetuneOutputFolder,
+            callbacks=self._callbacks(self.onFinetuned),
             init=parameters.finetuneInit or None,
             steps=parameters.finetuneSteps,
             modelSize=parameters.finetuneModelSize,
-            roi=parameters.finetuneRoi,
+            roi=None if parameters.finetuneRoi == ROI_AUTO else parameters.finetuneRoi,
             maxMinutes=parameters.finetuneMaxMinutes,
             device=parameters.device,
-            **self._callbacks(self.onFinetuned),
         )
 
-    def startPretrain(self) -> Any:
+    def startPretrain(self) -> BackendRun:
         """Pretrain an encoder on the CT folder."""
         parameters = self._parameterNode
-        return self.logic.pretrain(
+        return self.logic.startPretrain(
             [parameters.pretrainData],
             parameters.pretrainOutputFolder,
+            callbacks=self._callbacks(lambda outcome: None),
             steps=parameters.pretrainSteps,
             modelSize=parameters.pretrainModelSize,
             resume=parameters.pretrainResume,
             device=parameters.device,
-            **self._callbacks(lambda outcome: None),
         )
 
-    def startFetch(self) -> Any:
+    def startFetch(self) -> BackendRun:
         """Download the chosen catalogue model."""
-        return self.logic.fetch(
-            self._parameterNode.model,
-            waitForCompletion=False,
-            onProgress=self.onProgress,
-            onLog=self.ui.logTextEdit.appendPlainText,
-            onFinished=lambda outcome: self.onFinished(outcome, lambda outcome: self.refreshModels()),
+        return self.logic.startFetch(
+            self._parameterNode.model, callbacks=self._callbacks(lambda outcome: self.refreshModels())
         )
 
     def askReferenceVolume(self, segmentationNode: vtkMRMLSegmentationNode) -> vtkMRMLScalarVolumeNode:
@@ -420,10 +432,11 @@ class VoCoSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.util.setSliceViewerLayers(background=parameters.inputVolume)
 
     def onFinetuned(self, outcome: RunOutcome) -> None:
-        """Offer the new model for segmentation."""
+        """Offer the new model for segmentation, by the name it was registered under."""
+        model: FinetunedModel = outcome.output
         self.refreshModels()
-        self._parameters().model = Path(outcome.output).name
-        self.ui.statusLabel.text = f"Done: the model is in {outcome.output} and selected in the Segment panel."
+        self._parameters().model = model.name
+        self.ui.statusLabel.text = f"Done: the model is in {model.folder} and selected in the Segment panel."
 
 
 class VoCoSlicerTest(ScriptedLoadableModuleTest):

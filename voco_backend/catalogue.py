@@ -2,7 +2,8 @@
 
 The packaged ``resources/models.json`` is validated against ``resources/models.schema.json`` whenever it is read.
 Downloads live in ``cache_dir()/models``; the user's models are registered by folder in
-``cache_dir()/user_models.json``.
+``cache_dir()/user_models.json`` (the folder's format is :mod:`voco_backend.segmentation.model_folder`'s, which
+validates a folder before :func:`record_user_model` records it).
 
 Environment:
     VOCO_CACHE_DIR: the cache folder (default ``~/.cache/voco_backend``).
@@ -18,17 +19,17 @@ import os
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jsonschema
 
 from voco_backend.atomic import write_text_atomic
 from voco_backend.cache import cache_dir
 from voco_backend.errors import DataError, UsageError
+from voco_backend.segmentation.model_files import MODEL_JSON, MODEL_PT, is_complete, read_model_json
 
 CATALOGUE_ENV = "VOCO_CATALOGUE"
 BASE_URL_ENV = "VOCO_MODEL_BASE_URL"
-MODEL_FILES: tuple[str, str] = ("model.json", "model.pt")
 REGISTRY_VERSION = 1
 
 
@@ -153,26 +154,6 @@ def get_entry(name: str) -> CatalogueEntry:
     raise UsageError(f"'{name}' is not in the model catalogue; known: {', '.join(e.name for e in entries)}")
 
 
-def read_model_dir(folder: str | Path) -> UserModel:
-    """Check that ``folder`` is a model folder written by ``finetune`` and read its name and classes.
-
-    Raises:
-        DataError: a file is missing or ``model.json`` is not a JSON object.
-    """
-    folder = Path(folder).expanduser().resolve()
-    if not folder.is_dir():
-        raise DataError("model folder not found", file=folder)
-    for name in MODEL_FILES:
-        if not (folder / name).is_file():
-            raise DataError(
-                f"not a model folder: {name} is missing (finetune writes model.json and model.pt)", file=folder
-            )
-    meta = _read_json(folder / "model.json")
-    if not isinstance(meta, dict):
-        raise DataError("must hold a JSON object", file=folder / "model.json")
-    return UserModel(name=str(meta.get("name") or folder.name), path=folder, classes=meta.get("classes"))
-
-
 def _read_registry() -> dict[str, str]:
     path = registry_path()
     if not path.is_file():
@@ -189,36 +170,54 @@ def user_models() -> list[UserModel]:
     found = []
     for name, folder in _read_registry().items():
         path = Path(folder)
-        if all((path / f).is_file() for f in MODEL_FILES):
-            found.append(dataclasses.replace(read_model_dir(path), name=name))
+        if is_complete(path):
+            found.append(UserModel(name=name, path=path, classes=read_model_json(path).get("classes")))
         else:
             found.append(UserModel(name=name, path=path, available=False))
     return found
 
 
-def register_model(folder: str | Path) -> UserModel:
-    """Record a fine-tuned model folder under its ``model.json`` name (or the folder name).
+def record_user_model(name: str, folder: Path, classes: Any = None) -> UserModel:
+    """Record a validated model folder under ``name`` (``model_folder.register_model_folder`` validates it).
 
     Raises:
-        DataError: ``folder`` is not a model folder.
         UsageError: the name is taken by a catalogue model.
     """
-    model = read_model_dir(folder)
-    if model.name in {e.name for e in load_catalogue()}:
+    if name in {e.name for e in load_catalogue()}:
         raise UsageError(
-            f"the name '{model.name}' belongs to a catalogue model; change 'name' in model.json",
-            file=model.path / "model.json",
+            f"the name '{name}' belongs to a catalogue model; change 'name' in model.json", file=folder / MODEL_JSON
         )
     registry = _read_registry()
-    registry[model.name] = str(model.path)
+    registry[name] = str(folder)
     write_text_atomic(registry_path(), json.dumps({"version": REGISTRY_VERSION, "models": registry}, indent=2))
-    return model
+    return UserModel(name=name, path=folder, classes=classes)
 
 
-def resolve_model(name_or_path: str | Path) -> Path:
-    """Turn what a user typed into a local path.
+@dataclasses.dataclass(frozen=True)
+class ResolvedModel:
+    """What a model name or path stands for.
 
-    An existing file or folder is returned as is; a catalogue name gives its cached download; a registered name
+    Attributes:
+        kind: ``folder`` (a fine-tuned model folder) or ``file`` (a weights file: a catalogue download or a
+            checkpoint the user named).
+        path: the folder or the file.
+        entry: the catalogue entry of a catalogue file (by name, or by the file name of a path), else None.
+    """
+
+    kind: Literal["folder", "file"]
+    path: Path
+    entry: CatalogueEntry | None = None
+
+    @property
+    def weights(self) -> Path:
+        """The weights file: the folder's ``model.pt`` or the file itself."""
+        return self.path / MODEL_PT if self.kind == "folder" else self.path
+
+
+def resolve_model(name_or_path: str | Path) -> ResolvedModel:
+    """Turn what a user typed into a local model folder or weights file.
+
+    An existing file or folder is taken as is; a catalogue name gives its cached download; a registered name
     gives its folder.
 
     Raises:
@@ -227,20 +226,22 @@ def resolve_model(name_or_path: str | Path) -> Path:
         DataError: a registered folder that no longer holds the model.
     """
     path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return ResolvedModel("folder", path)
     if path.exists():
-        return path
+        return ResolvedModel("file", path, entry_of_file(path))
     name = str(name_or_path)
     entries = load_catalogue()
     for entry in entries:
         if entry.name == name:
             if entry.cached_path.is_file():
-                return entry.cached_path
+                return ResolvedModel("file", entry.cached_path, entry)
             raise UsageError(f"model '{name}' is not downloaded yet: run `voco-backend models fetch {name}`")
     users = user_models()
     for model in users:
         if model.name == name:
             if not model.available:
                 raise DataError(f"registered model '{name}' is gone (model.json/model.pt missing)", file=model.path)
-            return model.path
+            return ResolvedModel("folder", model.path)
     known = ", ".join([e.name for e in entries] + [m.name for m in users])
     raise UsageError(f"'{name}' is neither an existing file or folder nor a known model ({known})")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import re
 import sys
 import traceback
 from collections.abc import Sequence
@@ -20,7 +21,6 @@ from voco_backend.errors import (
     EXIT_USAGE,
     Cancelled,
     DataError,
-    OutOfMemory,
     VoCoError,
     find_user_error,
 )
@@ -53,16 +53,21 @@ def _load(name: str) -> ModuleType:
     return importlib.import_module(COMMANDS[name][0])
 
 
+def plain_text(docstring: str | None) -> str:
+    """A docstring as plain help text: reStructuredText's ``::`` and double backquotes dropped."""
+    return re.sub(r"::$", ":", (docstring or "").replace("``", ""), flags=re.MULTILINE)
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The argument parser; only ``command``'s module is imported (all of them for ``--help``)."""
-    parser = _Parser(prog="voco-backend", description=__doc__)
+    parser = _Parser(prog="voco-backend", description=plain_text(__doc__))
     parser.add_argument("--version", action="version", version=f"voco-backend {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (_, help_text) in COMMANDS.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)
         if command in (None, name):
             module = _load(name)
-            cmd.description = module.__doc__
+            cmd.description = plain_text(module.__doc__)
             cmd.formatter_class = argparse.RawDescriptionHelpFormatter
             add_arguments(cmd, module.CONFIG)
             cmd.add_argument(
@@ -159,7 +164,7 @@ def _run(module: ModuleType, values: dict, config_file: str | None, reporter: Re
             return user_error.exit_code
         if _is_oom(exc):
             reporter.error(OOM_ADVICE, exit_code=EXIT_OOM)
-            return OutOfMemory.exit_code
+            return EXIT_OOM
         environment = _environment_error(exc)
         if environment is not None:
             reporter.error(environment.message, file=environment.file, exit_code=environment.exit_code)

@@ -2,7 +2,9 @@
 
 A field becomes a flag ``--field-name``; ``metadata`` may carry ``help``, ``flag`` (another flag name),
 ``positional`` and ``choices``. Precedence: defaults < config file < flags given on the command line. Each
-dataclass validates itself in ``__post_init__`` and raises :class:`UsageError` naming the field.
+dataclass validates itself in ``__post_init__`` and raises :class:`UsageError` naming the field. The parser's
+help shows each field's dataclass default and groups the fields without one as required (they may come from
+``--config`` too, so argparse itself does not require them).
 """
 
 from __future__ import annotations
@@ -26,6 +28,17 @@ C = TypeVar("C")
 
 MAX_CONFIG_BYTES = 1 << 20
 MAX_LIST_ITEMS = 100_000
+REQUIRED_TITLE = "required arguments (on the command line or in --config)"
+
+
+class _NotGiven:
+    """The parser's default of every flag: tells a flag left out from one given, so a config file can fill it."""
+
+    def __repr__(self) -> str:
+        return "NOT_GIVEN"
+
+
+NOT_GIVEN: Any = _NotGiven()
 
 
 def field(default: Any = dataclasses.MISSING, *, help: str, **metadata: Any) -> Any:
@@ -56,14 +69,46 @@ def flag_name(f: dataclasses.Field) -> str:
     return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
 
 
+def _default_text(f: dataclasses.Field) -> str:
+    """`` (default: ...)`` for a field's dataclass default, "" when the help already words it or there is none."""
+    help_text = f.metadata.get("help", "")
+    if "(default" in help_text:
+        return ""
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+    else:
+        return ""
+    if isinstance(value, bool):
+        shown = "on" if value else "off"
+    elif value is None or value == []:
+        shown = "none"
+    elif isinstance(value, (list, tuple)):
+        shown = " ".join(map(str, value))
+    else:
+        shown = str(value)
+    return f" (default: {shown})".replace("%", "%%")
+
+
+def is_required(f: dataclasses.Field) -> bool:
+    """Whether a field has no dataclass default (a value must come from a flag or the config file)."""
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add one argument per field of ``cls``; defaults stay unset so a config file can fill them."""
+    """Add one argument per field of ``cls``, the fields without a default in a required-arguments group.
+
+    Every flag's parser default is :data:`NOT_GIVEN`, so a config file can fill what the command line leaves
+    out; the help shows the dataclass default instead.
+    """
     hints = typing.get_type_hints(cls)
+    required = parser.add_argument_group(REQUIRED_TITLE)
     for f in dataclasses.fields(cls):
         if f.metadata.get("cli") is False:
             continue
         elem, is_list, _ = _base_type(hints[f.name])
-        kwargs: dict[str, Any] = {"help": f.metadata.get("help", ""), "default": argparse.SUPPRESS}
+        kwargs: dict[str, Any] = {"help": f.metadata.get("help", "") + _default_text(f), "default": NOT_GIVEN}
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
         if elem is bool and not is_list:
@@ -80,7 +125,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
                 kwargs.pop("default")
             parser.add_argument(f.name, **kwargs)
         else:
-            parser.add_argument(flag_name(f), dest=f.name, **kwargs)
+            (required if is_required(f) else parser).add_argument(flag_name(f), dest=f.name, **kwargs)
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -152,7 +197,7 @@ def build_config(cls: type[C], cli_values: dict[str, Any], config_file: str | Pa
                 f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}", file=config_file
             )
         values.update({k: _coerce(k, v, hints[k]) for k, v in from_file.items()})
-    values.update({k: v for k, v in cli_values.items() if k in names})
+    values.update({k: v for k, v in cli_values.items() if k in names and v is not NOT_GIVEN})
     for key, value in values.items():
         numbers = value if isinstance(value, (list, tuple)) else [value]
         if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
@@ -160,11 +205,7 @@ def build_config(cls: type[C], cli_values: dict[str, Any], config_file: str | Pa
     try:
         return cls(**values)
     except TypeError as exc:
-        missing = [
-            f.name
-            for f in dataclasses.fields(cls)
-            if f.name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        ]
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in values and is_required(f)]
         if missing:
             raise UsageError(f"missing required field(s): {', '.join(flag_name_of(cls, m) for m in missing)}") from exc
         raise

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_DATA = 3
 EXIT_OOM = 4

@@ -12,7 +12,10 @@ import pytest
 from voco_backend import catalogue
 from voco_backend.cache import CACHE_ENV
 from voco_backend.cli import main
+from voco_backend.data.recipe import Recipe
 from voco_backend.errors import DataError, UsageError
+from voco_backend.segmentation.labels import SegmentClass
+from voco_backend.segmentation.model_folder import ModelInfo, register_model_folder, write_model_info
 
 RESOURCES = Path(__file__).resolve().parents[2] / "voco_backend" / "resources"
 # The authors' host (VOCO.md §7): sha256 (Git LFS) and exact bytes; VoCo_B_SSL_head's size is not published.
@@ -70,9 +73,17 @@ def packaged() -> dict:
     return json.loads((RESOURCES / "models.json").read_text())
 
 
-def make_model_dir(folder: Path, meta: dict | None = None) -> Path:
+def make_model_dir(folder: Path, name: str | None = None) -> Path:
+    """A model folder as finetune writes it, named ``name`` (default: the folder's name), one class ``liver``."""
+    info = ModelInfo(
+        name=name or folder.name,
+        model_size="tiny",
+        classes=[SegmentClass("liver", 1, (1.0, 0.0, 0.0))],
+        recipe=Recipe(),
+        roi=(64, 64, 64),
+    )
     folder.mkdir(parents=True)
-    (folder / "model.json").write_text(json.dumps(meta or {}))
+    write_model_info(folder, info)
     (folder / "model.pt").write_bytes(b"weights")
     return folder
 
@@ -192,14 +203,16 @@ def test_cache_dir_defaults_to_the_home_cache(monkeypatch, tmp_path, isolated_ca
 def test_resolve_model(tmp_path, isolated_cache):
     existing = tmp_path / "my_encoder.pt"
     existing.write_bytes(b"x")
-    assert catalogue.resolve_model(str(existing)) == existing
+    assert catalogue.resolve_model(str(existing)) == catalogue.ResolvedModel("file", existing)
+    assert catalogue.resolve_model(tmp_path) == catalogue.ResolvedModel("folder", tmp_path)
 
     with pytest.raises(UsageError, match="run `voco-backend models fetch VoCo_B_SSL_head`"):
         catalogue.resolve_model("VoCo_B_SSL_head")
     cached = isolated_cache / "models" / "VoCo_B_SSL_head.pt"
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"x")
-    assert catalogue.resolve_model("VoCo_B_SSL_head") == cached
+    resolved = catalogue.resolve_model("VoCo_B_SSL_head")
+    assert (resolved.kind, resolved.weights, resolved.entry.name) == ("file", cached, "VoCo_B_SSL_head")
 
     with pytest.raises(UsageError, match="neither an existing file or folder nor a known model"):
         catalogue.resolve_model("VoCo_X")
@@ -208,13 +221,16 @@ def test_resolve_model(tmp_path, isolated_cache):
 
 
 def test_register_and_resolve_a_user_model(tmp_path):
-    folder = make_model_dir(tmp_path / "liver", {"name": "liver_v1", "classes": {"liver": 1}})
+    folder = make_model_dir(tmp_path / "liver", "liver_v1")
 
-    model = catalogue.register_model(folder)
+    model = register_model_folder(folder)
 
-    assert (model.name, model.path, model.classes) == ("liver_v1", folder.resolve(), {"liver": 1})
+    assert (model.name, model.path) == ("liver_v1", folder.resolve())
+    assert [(c["name"], c["value"]) for c in model.classes] == [("liver", 1)]
     assert catalogue.user_models() == [model]
-    assert catalogue.resolve_model("liver_v1") == folder.resolve()
+    resolved = catalogue.resolve_model("liver_v1")
+    assert (resolved.kind, resolved.path) == ("folder", folder.resolve())
+    assert resolved.weights == folder.resolve() / "model.pt"
     (folder / "model.pt").unlink()
     assert catalogue.user_models()[0].available is False
     with pytest.raises(DataError, match="is gone"):
@@ -223,16 +239,33 @@ def test_register_and_resolve_a_user_model(tmp_path):
 
 def test_register_refuses_bad_folders(tmp_path):
     with pytest.raises(DataError, match="model folder not found"):
-        catalogue.register_model(tmp_path / "absent")
+        register_model_folder(tmp_path / "absent")
     half = tmp_path / "half"
     half.mkdir()
     (half / "model.json").write_text("{}")
     with pytest.raises(DataError, match=r"model\.pt is missing") as info:
-        catalogue.register_model(half)
+        register_model_folder(half)
     assert info.value.file == str(half.resolve())
-    clash = make_model_dir(tmp_path / "clash", {"name": "VoComni_B"})
+    clash = make_model_dir(tmp_path / "clash", "VoComni_B")
     with pytest.raises(UsageError, match="belongs to a catalogue model"):
-        catalogue.register_model(clash)
+        register_model_folder(clash)
+    assert catalogue.user_models() == []
+
+
+def test_register_refuses_a_broken_model_json_in_one_line(tmp_path, capsys):
+    """A folder whose model.json cannot be applied is refused when registered, not later at segment time."""
+    folder = make_model_dir(tmp_path / "broken")
+    document = json.loads((folder / "model.json").read_text())
+    document["roi"] = [64, 64]
+    (folder / "model.json").write_text(json.dumps(document))
+
+    assert main(["models", "register", str(folder)]) == 3
+    lines = capsys.readouterr().out.splitlines()
+    error = json.loads(lines[-1])
+    assert error["event"] == "error" and error["exit_code"] == 3
+    assert error["file"] == str(folder.resolve() / "model.json")
+    assert "roi" in error["message"] and "fine-tune the model again" in error["message"]
+    assert "\n" not in error["message"]
     assert catalogue.user_models() == []
 
 

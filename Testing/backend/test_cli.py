@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
 import subprocess
 import sys
 
 import pytest
 
-from voco_backend.cli import main
-from voco_backend.config import build_config
+from voco_backend.cli import COMMANDS, build_parser, main
+from voco_backend.config import REQUIRED_TITLE, build_config, flag_name, is_required
 from voco_backend.errors import UsageError
 from voco_backend.pretrain.config import PretrainConfig
 
@@ -89,3 +91,45 @@ def test_10k_recipe_defaults():
         "network",
         "resize",
     )
+
+
+def _flag_or_name(f) -> str:
+    return f.name.upper() if f.metadata.get("positional") else flag_name(f)
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_help_names_every_default_and_the_required_arguments(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    flat = " ".join(text.split())
+    assert "::" not in text and "``" not in text and "NOT_GIVEN" not in text  # plain text, no parser sentinel
+    fields = [f for f in dataclasses.fields(importlib.import_module(COMMANDS[command][0]).CONFIG)]
+    for f in fields:
+        help_text = " ".join(f.metadata["help"].split())
+        if "(default" in help_text or is_required(f):
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        shown = (
+            {True: "on", False: "off", None: "none"}.get(default) if isinstance(default, (bool, type(None))) else None
+        )
+        shown = shown or (" ".join(map(str, default)) if isinstance(default, list) else str(default)) or "none"
+        assert f"{help_text} (default: {shown})" in flat, f"{command} {_flag_or_name(f)}: default {shown} not shown"
+    required = [f for f in fields if is_required(f) and not f.metadata.get("positional")]
+    if required:
+        section = text.split(REQUIRED_TITLE + ":", 1)[1]
+        listed = [line.split()[0] for line in section.splitlines() if line.startswith("  --")]
+        assert listed == [flag_name(f) for f in required]
+    else:
+        assert REQUIRED_TITLE not in text
+
+
+def test_flags_left_out_leave_the_config_file_in_charge(tmp_path):
+    """The help shows the defaults, yet a flag left out still takes the config file's value, not the default."""
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("steps: 7\nmodel_size: tiny\n")
+    args = build_parser("pretrain").parse_args(["pretrain", "--data", "a", "--out", "r", "--seed", "3"])
+    values = {k: v for k, v in vars(args).items() if k not in ("command", "_config_file")}
+    config = build_config(PretrainConfig, values, cfg)
+    assert (config.steps, config.model_size, config.seed) == (7, "tiny", 3)

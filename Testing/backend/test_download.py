@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from backend_cli import events
 
 from voco_backend.cancel import CancelToken
 from voco_backend.download import download, part_path
@@ -102,10 +103,6 @@ def server(payload: bytes) -> Iterator[tuple[str, ServerState]]:
 def recording_reporter() -> tuple[Reporter, io.StringIO]:
     stdout = io.StringIO()
     return Reporter(stdout=stdout, stderr=io.StringIO()), stdout
-
-
-def events(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
 class CancelAfter(CancelToken):

@@ -59,7 +59,7 @@ def test_the_published_file_is_placed_where_fetch_puts_it(weights, tmp_path, mon
     cached = catalogue.get_entry("VoCo_B_SSL_head").cached_path
     assert result["path"] == str(cached) and result["verified"] is True
     assert cached.read_bytes() == weights.read_bytes()
-    assert catalogue.resolve_model("VoCo_B_SSL_head") == cached  # segment/finetune --init find it by name now
+    assert catalogue.resolve_model("VoCo_B_SSL_head").weights == cached  # segment/finetune --init find it by name
     assert [p.name for p in cached.parent.iterdir()] == [cached.name]  # no temporary left beside it
 
 

@@ -27,9 +27,8 @@ MODULE_DIR = REPO_ROOT / "VoCoSlicer"
 SSHD = Path("/usr/sbin/sshd")
 SFTP_SERVERS = (Path("/usr/lib/openssh/sftp-server"), Path("/usr/libexec/openssh/sftp-server"))
 
-for folder in (MODULE_DIR, TESTING_DIR / "backend" / "segmentation"):
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
+if str(MODULE_DIR) not in sys.path:  # backend_cli is in Testing/, on the path through Testing/conftest.py
+    sys.path.insert(0, str(MODULE_DIR))
 
 
 @dataclasses.dataclass

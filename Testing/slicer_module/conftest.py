@@ -168,6 +168,7 @@ def tinyModel(
     The model is registered in a private model cache (``VOCO_CACHE_DIR``) that stays set for the session.
     """
     from VoCoSlicerLib import VoCoSlicerLogic
+    from VoCoSlicerLib.logic import RunCallbacks
     from VoCoSlicerLib.sceneIO import trainingClasses
 
     with pytest.MonkeyPatch.context() as patch:
@@ -177,13 +178,13 @@ def tinyModel(
         volumeNode = loadVolume(scene, chestCtFiles["ct"])
         segmentationNode = loadSegmentation(scene, chestCtFiles["segmentation"], volumeNode)
         progress: list[dict[str, Any]] = []
-        modelDir = VoCoSlicerLogic().finetune(
+        model = VoCoSlicerLogic().finetune(
             [volumeNode],
             [segmentationNode],
             tmp_path_factory.mktemp("models") / "chest model",
-            onProgress=progress.append,
+            callbacks=RunCallbacks(onProgress=progress.append),
             **TINY_RUN,
         )
         classes = trainingClasses([segmentationNode])
         _removeNodesSince(scene, before)
-        yield {"modelDir": Path(modelDir), "classes": classes, "progress": progress}
+        yield {"modelDir": Path(model.folder), "name": model.name, "classes": classes, "progress": progress}

@@ -12,6 +12,7 @@ import pytest
 import slicer
 from VoCoSlicerLib import BackendError, VoCoSlicerLogic
 from VoCoSlicerLib.labelClasses import LabelClass
+from VoCoSlicerLib.logic import RunCallbacks
 from VoCoSlicerLib.sceneIO import segmentNames
 
 pytestmark = pytest.mark.slow
@@ -26,6 +27,7 @@ def test_finetune_from_segmentation_nodes_keeps_the_colour_table_values(tinyMode
     assert [(e["step"], e["total"]) for e in tinyModel["progress"] if e["stage"] == "finetune"][-1] == (2, 2)
     registered = {e.name: e.path for e in VoCoSlicerLogic().catalogue.list() if e.source == "user"}
     assert Path(registered["chest model"]) == tinyModel["modelDir"]
+    assert tinyModel["name"] == "chest model"  # the logic reports the registered name (model.json's), not a guess
 
 
 def test_segment_gives_the_models_segments_on_the_volume_grid(scene, ctVolume, tinyModel: dict[str, Any]) -> None:
@@ -72,18 +74,17 @@ def test_a_broken_model_folder_is_one_line_and_no_node(scene, nodeIds, ctVolume,
 def test_cancel_a_real_finetune_mid_run(scene, nodeIds, ctVolume, manualSegmentation, tmp_path: Path, pidAlive) -> None:
     before = nodeIds(scene)
     logs: list[str] = []
-    run = VoCoSlicerLogic().finetune(
+    run = VoCoSlicerLogic().startFinetune(
         [ctVolume],
         [manualSegmentation],
         tmp_path / "cancelled",
+        callbacks=RunCallbacks(onLog=logs.append),
+        register=False,
         steps=1000,
         modelSize="tiny",
         roi=64,
         init="none",
         device="cpu",
-        register=False,
-        waitForCompletion=False,
-        onLog=logs.append,
     )
     deadline = time.monotonic() + 120
     while run.poll() and not any("classes from" in line for line in logs) and time.monotonic() < deadline:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from VoCoSlicerLib import BackendError, BackendRunner, VoCoSlicerLogic
+from VoCoSlicerLib.logic import FinetunedModel, RunCallbacks
 from VoCoSlicerLib.sceneIO import segmentNames
 
 from voco_backend.segmentation.labels import read_color_table
@@ -17,7 +18,7 @@ MODEL = "/models/chest model"
 def test_segment_returns_a_named_segmentation_and_cleans_its_files(scene, ctVolume, fakeBackend) -> None:
     progress = []
     logic = VoCoSlicerLogic(runner=BackendRunner(fakeBackend("ok")))
-    segmentationNode = logic.segment(ctVolume, MODEL, device="cpu", onProgress=progress.append)
+    segmentationNode = logic.segment(ctVolume, MODEL, device="cpu", callbacks=RunCallbacks(onProgress=progress.append))
     assert segmentNames(segmentationNode) == ["liver", "right lung"]
     assert [e["step"] for e in progress] == [1, 2, 3]
     assert segmentationNode.GetScene() is scene
@@ -39,8 +40,8 @@ def test_cancel_mid_run_stops_the_process_tree_and_leaves_the_scene(
     before = nodeIds(scene)
     progress, finished = [], []
     logic = VoCoSlicerLogic(runner=BackendRunner(fakeBackend("hang"), cancelGraceSeconds=2.0))
-    run = logic.segment(
-        ctVolume, MODEL, waitForCompletion=False, onProgress=progress.append, onFinished=finished.append
+    run = logic.startSegment(
+        ctVolume, MODEL, callbacks=RunCallbacks(onProgress=progress.append, onFinished=finished.append)
     )
     deadline = time.monotonic() + 20
     while run.poll() and not progress and time.monotonic() < deadline:
@@ -61,18 +62,17 @@ def test_finetune_passes_the_segment_names_with_their_label_values(
 ) -> None:
     finished = []
     logic = VoCoSlicerLogic(runner=BackendRunner(fakeBackend("ok")))
-    run = logic.finetune(
+    run = logic.startFinetune(
         [ctVolume],
         [manualSegmentation],
         tmp_path / "new model",
+        callbacks=RunCallbacks(onFinished=finished.append),
+        register=False,
         steps=3,
         modelSize="tiny",
-        register=False,
-        waitForCompletion=False,
-        onFinished=finished.append,
     )
     outcome = run.wait()
-    assert outcome.ok and outcome.output == str((tmp_path / "new model").resolve())
+    assert outcome.ok and outcome.output == FinetunedModel(str((tmp_path / "new model").resolve()))
     argv = outcome.result["argv"]
     table = tmp_path / "classes.csv"
     table.write_text(outcome.result["colorTable"])  # what the backend read, parsed by the backend's own reader

@@ -19,6 +19,7 @@ import SimpleITK as sitk
 import slicer
 from slicer_app import SLICER_VERSIONS, processEvents, slicerApplication
 from VoCoSlicerLib.backendRunner import BackendRunner
+from VoCoSlicerLib.modelCatalogue import ModelEntry
 
 MODULE_DIR = Path(__file__).resolve().parents[2] / "VoCoSlicer"
 UI_PATH = MODULE_DIR / "Resources" / "UI" / "VoCoSlicer.ui"
@@ -174,7 +175,12 @@ def test_tutorial_fine_tune_pairs_the_segment_editors_source_volume(
     widget = _widget(module, module.app.qt)
     widget.logic = module.VoCoSlicerLogic(runner=BackendRunner(fakeBackend("ok"), launcher=launcher))
     registered: list[str] = []
-    widget.logic.catalogue.register = registered.append  # the protocol stand-in does not register models
+
+    def register(folder: str) -> ModelEntry:  # the protocol stand-in does not register models
+        registered.append(folder)
+        return ModelEntry(name="my registered model", kind="segmentation", source="user", available=True, path=folder)
+
+    widget.logic.catalogue.register = register
     widget.ui.trainingSegmentationsSelector.setCheckedNodes([segmentationNode])
     widget._parameterNode.finetuneOutputFolder = tmp_path / "my model"
     widget._parameterNode.finetuneMaxMinutes = 12.5
@@ -189,6 +195,7 @@ def test_tutorial_fine_tune_pairs_the_segment_editors_source_volume(
     assert argv[argv.index("--max-minutes") + 1] == "12.5"
     assert argv[argv.index("--steps") + 1] == "3"
     assert registered == [str((tmp_path / "my model").resolve())]
+    assert finished[0].output.name == "my registered model"  # the name it is listed under, not the folder's
     widget.cleanup()
 
 

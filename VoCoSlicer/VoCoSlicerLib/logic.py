@@ -5,16 +5,17 @@ Example::
     from VoCoSlicerLib import VoCoSlicerLogic
     logic = VoCoSlicerLogic()
     segmentationNode = logic.segment(volumeNode, "/path/to/my_model")
-    modelDir = logic.finetune([volumeNode], [segmentationNode], "/path/to/new_model", steps=200)
+    model = logic.finetune([volumeNode], [segmentationNode], "/path/to/new_model", steps=200)
 
-Every run is a backend child process. With ``waitForCompletion=True`` a call returns the result (or raises
-:class:`BackendError` with a one-line message); with ``waitForCompletion=False`` it returns a
-:class:`BackendRun` at once (``cancel()``, ``running``, ``outcome``) and reports through the callbacks, polled by
-a Qt timer inside Slicer (elsewhere call ``run.poll()`` or ``run.wait()``).
+Every run is a backend child process. ``start…(…, callbacks)`` returns a :class:`BackendRun` at once
+(``cancel()``, ``running``, ``wait() -> RunOutcome``) and reports through one :class:`RunCallbacks`, polled by a
+Qt timer inside Slicer (elsewhere call ``run.poll()`` or ``run.wait()``); the method of the same name without
+``start`` waits and returns the run's output (or raises :class:`BackendError` with a one-line message).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -47,6 +48,23 @@ from VoCoSlicerLib.sceneIO import (
 )
 
 POLL_INTERVAL_MS = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class RunCallbacks:
+    """What a run reports as it goes: each progress event, each log line, and once its :class:`RunOutcome`."""
+
+    onProgress: ProgressCallback | None = None
+    onLog: LogCallback | None = None
+    onFinished: FinishedCallback | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetunedModel:
+    """A fine-tuning run's model: its folder, and the name it is registered under (None when not registered)."""
+
+    folder: str
+    name: str | None = None
 
 
 def _processEvents() -> None:
@@ -142,24 +160,21 @@ class VoCoSlicerLogic:
 
         self.runner = RemoteBackendRunner(host) if host is not None else BackendRunner(self.environment.command())
 
-    def segment(
+    def startSegment(
         self,
         volumeNode: slicer.vtkMRMLScalarVolumeNode,
         model: str,
         segmentationNode: slicer.vtkMRMLSegmentationNode | None = None,
         device: str = "auto",
-        waitForCompletion: bool = True,
-        onProgress: ProgressCallback | None = None,
-        onLog: LogCallback | None = None,
-        onFinished: FinishedCallback | None = None,
-    ) -> Any:
-        """Segment ``volumeNode`` with ``model``: a model folder, a registered model's name or a catalogue
+        callbacks: RunCallbacks | None = None,
+    ) -> BackendRun:
+        """Start segmenting ``volumeNode`` with ``model``: a model folder, a registered model's name or a catalogue
         segmentation network (``VoComni_B``).
 
         Returns:
-            The segmentation node (``segmentationNode``, its segments replaced, or a new node beside the volume)
-            with one segment per class of the model: its name, colour and label value. With
-            ``waitForCompletion=False`` a :class:`BackendRun` whose ``outcome.output`` is that node.
+            The run; on success its ``outcome.output`` is the segmentation node (``segmentationNode``, its segments
+            replaced, or a new node beside the volume) with one segment per class of the model: its name, colour
+            and label value.
         """
         modelName = Path(model).name
 
@@ -173,37 +188,30 @@ class VoCoSlicerLogic:
             classes = classesFromResult(outcome.result)
             return importSegmentation(workDir / "segmentation.nrrd", volumeNode, classes, modelName, segmentationNode)
 
-        return self._run("segment", prepare, complete, waitForCompletion, onProgress, onLog, onFinished)
+        return self._start("segment", prepare, complete, callbacks)
 
-    def finetune(
+    def segment(self, *args: Any, **kwargs: Any) -> slicer.vtkMRMLSegmentationNode:
+        """:meth:`startSegment` (same arguments), waited for: the segmentation node."""
+        return _wait(self.startSegment(*args, **kwargs))
+
+    def startFinetune(
         self,
         volumeNodes: Sequence[slicer.vtkMRMLScalarVolumeNode],
         segmentationNodes: Sequence[slicer.vtkMRMLSegmentationNode],
         outputModelDir: str | Path,
-        init: str | None = None,
-        steps: int | None = None,
-        modelSize: str | None = None,
-        roi: int | None = None,
-        spacing: Sequence[float] | None = None,
-        maxMinutes: float | None = None,
-        device: str = "auto",
-        seed: int | None = None,
+        callbacks: RunCallbacks | None = None,
         register: bool = True,
-        waitForCompletion: bool = True,
-        onProgress: ProgressCallback | None = None,
-        onLog: LogCallback | None = None,
-        onFinished: FinishedCallback | None = None,
-    ) -> Any:
-        """Fine-tune a segmentation model on the segmentations drawn on the volumes (pairwise).
+        **options: Any,
+    ) -> BackendRun:
+        """Start fine-tuning a segmentation model on the segmentations drawn on the volumes (pairwise).
 
         Each segment name becomes a class; a name that came from a model's result keeps that model's label value.
-        ``init`` is a catalogue name, an encoder/checkpoint path or ``"none"`` (None: the backend's default);
-        ``spacing`` (mm, x y z) is the resampling of the model's recipe (None: the backend's 1.5 mm).
-        ``maxMinutes`` stops training after that many minutes (0 or None: no limit).
-        ``register`` adds the new folder to the user's models so it is listed by name.
+        ``options`` are the optional fields of :class:`FinetuneParameters` (``init``, ``steps``, ``modelSize``,
+        ``roi``, ``spacing``, ``maxMinutes``, ``device``, ``seed``, ``resume``): left out, the backend's default
+        applies. ``register`` adds the new folder to the user's models so it is listed by name.
 
         Returns:
-            The model folder (``outputModelDir``); with ``waitForCompletion=False`` a :class:`BackendRun`.
+            The run; on success its ``outcome.output`` is a :class:`FinetunedModel`.
         """
         if len(volumeNodes) != len(segmentationNodes) or not volumeNodes:
             raise ValueError(
@@ -212,6 +220,8 @@ class VoCoSlicerLogic:
             )
         classes = trainingClasses(segmentationNodes)
         outputModelDir = str(Path(outputModelDir).resolve())
+        if options.get("spacing") is not None:
+            options["spacing"] = tuple(options["spacing"])
 
         def prepare(workDir: Path) -> list[str]:
             images = [exportVolume(v, workDir / f"image{i}.nrrd") for i, v in enumerate(volumeNodes)]
@@ -224,98 +234,69 @@ class VoCoSlicerLogic:
                 labels=tuple(labels),
                 outputModelDir=outputModelDir,
                 colorTable=writeColorTable(classes, workDir / "classes.csv"),
-                init=init,
-                steps=steps,
-                modelSize=modelSize,
-                roi=roi,
-                device=device,
-                seed=seed,
-                spacing=None if spacing is None else tuple(spacing),
-                maxMinutes=maxMinutes,
+                **options,
             ).toArgv()
 
-        def complete(outcome: RunOutcome, workDir: Path) -> str:
-            if register:
-                self.catalogue.register(outputModelDir)
-            return outputModelDir
+        def complete(outcome: RunOutcome, workDir: Path) -> FinetunedModel:
+            name = self.catalogue.register(outputModelDir).name if register else None
+            return FinetunedModel(folder=outputModelDir, name=name)
 
-        return self._run("finetune", prepare, complete, waitForCompletion, onProgress, onLog, onFinished)
+        return self._start("finetune", prepare, complete, callbacks)
 
-    def fetch(
-        self,
-        name: str,
-        waitForCompletion: bool = True,
-        onProgress: ProgressCallback | None = None,
-        onLog: LogCallback | None = None,
-        onFinished: FinishedCallback | None = None,
-    ) -> Any:
-        """Download catalogue model ``name`` (progress events of stage ``download``), polled like every run.
+    def finetune(self, *args: Any, **kwargs: Any) -> FinetunedModel:
+        """:meth:`startFinetune` (same arguments), waited for: the new model."""
+        return _wait(self.startFinetune(*args, **kwargs))
+
+    def startFetch(self, name: str, callbacks: RunCallbacks | None = None) -> BackendRun:
+        """Start downloading catalogue model ``name`` (progress events of stage ``download``).
 
         Returns:
-            The backend's result fields (the downloaded file's ``path``); with ``waitForCompletion=False`` a
-            :class:`BackendRun`.
+            The run; on success its ``outcome.output`` is the backend's result fields (the file's ``path``).
         """
-        return self._run(
-            "fetch",
-            lambda workDir: ["models", "fetch", name],
-            lambda outcome, workDir: outcome.result,
-            waitForCompletion,
-            onProgress,
-            onLog,
-            onFinished,
+        return self._start(
+            "fetch", lambda workDir: ["models", "fetch", name], lambda outcome, workDir: outcome.result, callbacks
         )
 
-    def pretrain(
+    def fetch(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """:meth:`startFetch` (same arguments), waited for: the backend's result fields."""
+        return _wait(self.startFetch(*args, **kwargs))
+
+    def startPretrain(
         self,
         data: Sequence[str | Path],
         outputRunDir: str | Path,
-        steps: int | None = None,
-        modelSize: str | None = None,
-        init: str | None = None,
-        device: str = "auto",
-        resume: bool = False,
-        waitForCompletion: bool = True,
-        onProgress: ProgressCallback | None = None,
-        onLog: LogCallback | None = None,
-        onFinished: FinishedCallback | None = None,
-    ) -> Any:
-        """VoCo-pretrain an encoder on CT files or folders ``data``.
+        callbacks: RunCallbacks | None = None,
+        **options: Any,
+    ) -> BackendRun:
+        """Start VoCo-pretraining an encoder on CT files or folders ``data``.
+
+        ``options`` are the optional fields of :class:`PretrainParameters` (``steps``, ``modelSize``, ``init``,
+        ``device``, ``seed``, ``resume``).
 
         Returns:
-            The run folder (its ``encoder.pt`` initialises fine-tuning); with ``waitForCompletion=False`` a
-            :class:`BackendRun`.
+            The run; on success its ``outcome.output`` is the run folder (its ``encoder.pt`` initialises
+            fine-tuning).
         """
         outputRunDir = str(Path(outputRunDir).resolve())
-        parameters = PretrainParameters(
-            data=tuple(str(p) for p in data),
-            outputRunDir=outputRunDir,
-            steps=steps,
-            modelSize=modelSize,
-            init=init,
-            device=device,
-            resume=resume,
-        )
-        return self._run(
-            "pretrain",
-            lambda workDir: parameters.toArgv(),
-            lambda outcome, workDir: outputRunDir,
-            waitForCompletion,
-            onProgress,
-            onLog,
-            onFinished,
+        parameters = PretrainParameters(data=tuple(str(p) for p in data), outputRunDir=outputRunDir, **options)
+        return self._start(
+            "pretrain", lambda workDir: parameters.toArgv(), lambda outcome, workDir: outputRunDir, callbacks
         )
 
-    def _run(
+    def pretrain(self, *args: Any, **kwargs: Any) -> str:
+        """:meth:`startPretrain` (same arguments), waited for: the run folder."""
+        return _wait(self.startPretrain(*args, **kwargs))
+
+    def _start(
         self,
         name: str,
         prepare: Callable[[Path], list[str]],
         complete: Callable[[RunOutcome, Path], Any],
-        waitForCompletion: bool,
-        onProgress: ProgressCallback | None,
-        onLog: LogCallback | None,
-        onFinished: FinishedCallback | None,
-    ) -> Any:
-        """Write the inputs to a temporary folder, run the backend, turn its output into the result, clean up."""
+        callbacks: RunCallbacks | None,
+    ) -> BackendRun:
+        """Write the inputs to a temporary folder and start the backend; its outcome becomes the result, then the
+        folder is removed. Inside Slicer a Qt timer polls the run."""
+        callbacks = callbacks or RunCallbacks()
         workDir = Path(tempfile.mkdtemp(prefix=f"VoCoSlicer-{name}-"))
 
         def finished(outcome: RunOutcome) -> None:
@@ -326,22 +307,25 @@ class VoCoSlicerLogic:
                 outcome.message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             finally:
                 shutil.rmtree(workDir, ignore_errors=True)
-            if onFinished:
-                onFinished(outcome)
+            if callbacks.onFinished:
+                callbacks.onFinished(outcome)
 
         try:
-            run = self.runner.start(prepare(workDir), onProgress, onLog, finished)
+            run = self.runner.start(prepare(workDir), callbacks.onProgress, callbacks.onLog, finished)
         except Exception:
             shutil.rmtree(workDir, ignore_errors=True)
             raise
-        if not waitForCompletion:
-            _pollInBackground(run)
-            return run
-        try:
-            outcome = run.wait(idle=_processEvents)
-        except BaseException:  # an interrupted wait (Ctrl+C, a failing callback) must not orphan the process
-            run.cancel()
-            raise
-        if not outcome.ok:
-            raise BackendError(outcome)
-        return outcome.output
+        _pollInBackground(run)
+        return run
+
+
+def _wait(run: BackendRun) -> Any:
+    """Wait for ``run`` (the GUI kept responsive) and return its output, or raise :class:`BackendError`."""
+    try:
+        outcome = run.wait(idle=_processEvents)
+    except BaseException:  # an interrupted wait (Ctrl+C, a failing callback) must not orphan the process
+        run.cancel()
+        raise
+    if not outcome.ok:
+        raise BackendError(outcome)
+    return outcome.output

@@ -58,11 +58,6 @@ class ModelCatalogue:
         outcome = self.runner.run(["models", "list", "--json"])
         return [ModelEntry.fromRow(row) for row in outcome.result.get("models", [])]
 
-    def segmentationModels(self) -> list[ModelEntry]:
-        """The models that can segment: user models first, then the catalogue's segmentation networks."""
-        entries = [e for e in self.list() if e.kind == "segmentation"]
-        return sorted(entries, key=lambda e: e.source != "user")
-
     def register(self, modelDir: str | Path) -> ModelEntry:
         """Register a fine-tuned model folder so that it is listed by name."""
         result = self.runner.run(["models", "register", str(modelDir)]).result

@@ -2,7 +2,8 @@
 
 The flags are those of ``docs/PROTOCOL.md``; an option left at ``None`` is not passed, so the backend's own
 default applies. Each object validates itself on construction and raises :class:`ParameterError` naming the
-field, so a wrong value never reaches the backend.
+field, so a wrong value never reaches the backend. The bounds are the backend's (its config classes);
+``Testing/contract`` pushes every object through the backend's own parser and validation to keep them so.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from collections.abc import Mapping, Sequence
 
 DEVICES = ("auto", "cpu", "cuda")
 MODEL_SIZES = ("tiny", "B", "L", "H")
-LABEL_SUFFIXES = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd")
+LABEL_SUFFIXES = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".mha")
+MAX_OVERLAP = 0.95
+ROI_MINIMUM = 64
+ROI_MULTIPLE = 32
 
 
 class ParameterError(ValueError):
@@ -59,8 +63,8 @@ class SegmentParameters:
                 f"outputPath must end with one of {', '.join(LABEL_SUFFIXES)}, got '{self.outputPath}'"
             )
         _checkChoice("device", self.device, DEVICES)
-        if self.overlap is not None and not 0.0 <= self.overlap < 1.0:
-            raise ParameterError(f"overlap must be in [0, 1), got {self.overlap}")
+        if self.overlap is not None and not 0.0 <= self.overlap <= MAX_OVERLAP:
+            raise ParameterError(f"overlap must be in [0, {MAX_OVERLAP}], got {self.overlap}")
 
     def toArgv(self) -> list[str]:
         """The backend arguments after ``python -m voco_backend``."""
@@ -120,7 +124,8 @@ class FinetuneParameters:
                     f"classes must map names to label values 1..65535, check: {', '.join(badValues) or '(none given)'}"
                 )
         _checkPositive("steps", self.steps)
-        _checkPositive("roi", self.roi)
+        if self.roi is not None and (self.roi < ROI_MINIMUM or self.roi % ROI_MULTIPLE):
+            raise ParameterError(f"roi must be a multiple of {ROI_MULTIPLE} and at least {ROI_MINIMUM}, got {self.roi}")
         if self.maxMinutes is not None and not self.maxMinutes >= 0:
             raise ParameterError(f"maxMinutes must be 0 (no limit) or a number of minutes, got {self.maxMinutes}")
         if self.spacing is not None and (len(self.spacing) != 3 or min(self.spacing) <= 0):

@@ -184,11 +184,9 @@ def _init_encoder(model: nn.Module, init: str, reporter: Reporter) -> dict:
         reporter.log("initialisation: none (training from scratch)")
         return {"source": "none", "summary": "from scratch"}
     from voco_backend.catalogue import resolve_model
-    from voco_backend.segmentation.model_folder import MODEL_PT
     from voco_backend.weights import load_pretrained
 
-    path = resolve_model(init)
-    report = load_pretrained(model, path / MODEL_PT if path.is_dir() else path)
+    report = load_pretrained(model, resolve_model(init).weights)
     reporter.log(
         f"initialisation: {report.summary()}",
         loaded=len(report.loaded),

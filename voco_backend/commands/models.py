@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from voco_backend.cancel import CancelToken
-from voco_backend.catalogue import cache_dir, get_entry, load_catalogue, register_model, user_models
+from voco_backend.catalogue import cache_dir, get_entry, load_catalogue, user_models
 from voco_backend.config import check_choice, field
 from voco_backend.download import CHUNK_BYTES, download
 from voco_backend.errors import DataError, UsageError
@@ -177,5 +177,7 @@ def run(config: ModelsConfig, reporter: Reporter, cancel: CancelToken) -> None:
     elif config.action == "import":
         _import(str(config.name), Path(str(config.file)), reporter, cancel)
     else:
-        model = register_model(str(config.name))
+        from voco_backend.segmentation.model_folder import register_model_folder  # torch + MONAI: not for list
+
+        model = register_model_folder(str(config.name))
         reporter.result(name=model.name, path=str(model.path), classes=model.classes)

@@ -13,7 +13,6 @@ import hashlib
 import json
 from collections.abc import Hashable, Mapping, Sequence
 
-import numpy as np
 import torch
 from monai.transforms import (
     Compose,
@@ -112,8 +111,3 @@ def deterministic_transforms(recipe: Recipe, label_key: str | None = None) -> Co
         EnsureTyped(keys=keys, track_meta=True),
     ]
     return Compose(steps)
-
-
-def foreground_fraction(image: torch.Tensor) -> float:
-    """Fraction of voxels above the window floor (a quick sanity figure for logs)."""
-    return float(np.mean(np.asarray(image) > 0))

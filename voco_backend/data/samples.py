@@ -118,11 +118,3 @@ def fetch_sample(name: str, cache_dir: Path | None = None) -> dict[str, Path]:
         _extract(package, archive, target)
     stamp.write_text(package.sha256)
     return paths
-
-
-def fetch_all(cache_dir: Path | None = None) -> dict[str, Path]:
-    """Fetch every sample package; returns local name → path."""
-    out: dict[str, Path] = {}
-    for name in PACKAGES:
-        out.update(fetch_sample(name, cache_dir))
-    return out

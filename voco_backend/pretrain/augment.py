@@ -1,10 +1,7 @@
-"""Per-crop augmentation of VoCo (VOCO.md §3), seedable and resumable from a checkpoint."""
+"""Per-crop augmentation of VoCo (VOCO.md §3), seedable: the crop dataset seeds one per sample from its generator."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
 import torch
 from monai.transforms import Compose, RandFlip, RandRotate90, RandShiftIntensity
 from monai.utils import convert_to_tensor
@@ -39,40 +36,3 @@ class CropAugment:
     def __call__(self, crops: torch.Tensor) -> torch.Tensor:
         """Augment each crop of (N, C, X, Y, Z) independently; X == Y, so the shape is kept."""
         return torch.stack([convert_to_tensor(self._transforms(crop), track_meta=False) for crop in crops])
-
-    def state(self) -> dict[str, Any]:
-        """The full random state as plain Python types, loadable with ``torch.load(weights_only=True)``."""
-        return {"transforms": [_random_state_to_dict(t.R) for t in self._transforms.transforms]}
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        """Restore a random state captured by :meth:`state`."""
-        saved = state["transforms"]
-        if len(saved) != len(self._transforms.transforms):
-            raise ValueError(
-                f"augmentation state holds {len(saved)} transforms, expected {len(self._transforms.transforms)}"
-            )
-        for transform, entry in zip(self._transforms.transforms, saved, strict=True):
-            transform.R.set_state(_random_state_from_dict(entry))
-
-
-def _random_state_to_dict(rng: np.random.RandomState) -> dict[str, Any]:
-    """A numpy legacy ``RandomState`` state as a pickle-free dict."""
-    name, keys, pos, has_gauss, cached_gaussian = rng.get_state(legacy=True)
-    return {
-        "name": str(name),
-        "keys": [int(k) for k in keys],
-        "pos": int(pos),
-        "has_gauss": int(has_gauss),
-        "cached_gaussian": float(cached_gaussian),
-    }
-
-
-def _random_state_from_dict(entry: dict[str, Any]) -> tuple[str, np.ndarray, int, int, float]:
-    """Inverse of :func:`_random_state_to_dict`, in the form ``RandomState.set_state`` takes."""
-    return (
-        entry["name"],
-        np.asarray(entry["keys"], dtype=np.uint32),
-        int(entry["pos"]),
-        int(entry["has_gauss"]),
-        float(entry["cached_gaussian"]),
-    )

@@ -87,7 +87,3 @@ class VoCoModel(nn.Module):
         for teacher, student in pairs:
             for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
                 t.mul_(momentum).add_(s, alpha=1.0 - momentum)
-
-    def encoder_state_dict(self) -> dict[str, torch.Tensor]:
-        """The student encoder's flat state dict in the official 145-key VoCo layout."""
-        return dict(self.encoder.state_dict())

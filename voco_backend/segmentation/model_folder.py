@@ -1,5 +1,9 @@
 """The model folder ``finetune`` writes and ``segment`` reads: ``model.json`` (metadata) and ``model.pt`` (weights).
 
+This module owns the format: what ``model.json`` means (:class:`ModelInfo`), writing and reading it, registering
+a folder (validated first) and resolving what a user typed to a model and its weights. The file names and the
+raw reading are in :mod:`~voco_backend.segmentation.model_files`, cheap to import for the catalogue's registry.
+
 ``model.json`` holds everything needed to apply the model: the classes (label values, names, colours), the
 preprocessing recipe, the sliding-window roi, the architecture, where the encoder's initial weights came from
 (with the load report) and the training figures. ``model.pt`` is a flat state dict loadable with
@@ -16,13 +20,26 @@ from typing import Any
 
 from voco_backend import __version__
 from voco_backend.atomic import write_text_atomic
+from voco_backend.catalogue import CatalogueEntry, UserModel, entry_of_file, record_user_model, resolve_model
 from voco_backend.data.recipe import Recipe
 from voco_backend.errors import DataError, UsageError
 from voco_backend.networks import FEATURE_SIZES, MERGE_MONAI13, MERGE_MONAI15, check_merge_order, feature_size_of
 from voco_backend.segmentation.labels import SegmentClass
+from voco_backend.segmentation.model_files import MODEL_JSON, MODEL_PT, read_model_json
 
-MODEL_JSON = "model.json"
-MODEL_PT = "model.pt"
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "MODEL_JSON",
+    "MODEL_PT",
+    "ModelInfo",
+    "catalogue_model_info",
+    "read_model_info",
+    "register_model_folder",
+    "resolve_segmentation_model",
+    "write_model_info",
+]
+
 FORMAT = "voco-segmentation-model"
 FORMAT_VERSION = 1
 
@@ -115,7 +132,11 @@ class ModelInfo:
             if any(not 0 < c.value < 2**31 for c in info.classes):
                 raise ValueError("class values must lie in 1 .. 2**31-1")
         except (AttributeError, KeyError, TypeError, ValueError, UsageError) as exc:
-            raise DataError(f"not a valid model description ({type(exc).__name__}: {exc})", file=source) from exc
+            raise DataError(
+                f"not a valid model description ({type(exc).__name__}: {exc}); correct it or fine-tune the "
+                "model again (finetune writes a valid one)",
+                file=source,
+            ) from exc
         return info
 
 
@@ -127,23 +148,24 @@ def write_model_info(folder: Path, info: ModelInfo) -> Path:
 
 
 def read_model_info(folder: Path) -> ModelInfo:
-    """Read ``folder/model.json``; a missing ``model.pt`` is an error too (the folder is unusable without it)."""
-    path = folder / MODEL_JSON
-    for needed in (path, folder / MODEL_PT):
-        if not needed.is_file():
-            raise DataError(
-                f"not a model folder: {needed.name} is missing (finetune writes model.json and model.pt)", file=folder
-            )
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"cannot read the model description ({exc})", file=path) from exc
-    except RecursionError as exc:
-        raise DataError("cannot read the model description (nested too deeply)", file=path) from exc
-    return ModelInfo.from_json(data, path)
+    """Read and validate ``folder/model.json``; a missing ``model.pt`` is an error too (unusable without it)."""
+    return ModelInfo.from_json(read_model_json(folder), folder / MODEL_JSON)
 
 
-def catalogue_model_info(weights: Path) -> ModelInfo:
+def register_model_folder(folder: str | Path) -> UserModel:
+    """Validate a fine-tuned model folder and record it under its ``model.json`` name.
+
+    Raises:
+        DataError: ``folder`` is not a model folder or its ``model.json`` is not a valid description, so a
+            broken folder is refused here rather than at segment time.
+        UsageError: the name is taken by a catalogue model.
+    """
+    folder = Path(folder).expanduser().resolve()
+    info = read_model_info(folder)
+    return record_user_model(info.name, folder, [c.to_dict() for c in info.classes])
+
+
+def catalogue_model_info(weights: Path, entry: CatalogueEntry | None = None) -> ModelInfo:
     """The :class:`ModelInfo` of a downloaded catalogue segmentation network (``VoComni_*``).
 
     Its classes (names, colours, standard codes) and inference recipe are the catalogue's, as the authors
@@ -152,9 +174,7 @@ def catalogue_model_info(weights: Path) -> ModelInfo:
     Raises:
         UsageError: the file is not a catalogue segmentation network (an encoder needs fine-tuning first).
     """
-    from voco_backend.catalogue import entry_of_file
-
-    entry = entry_of_file(weights)
+    entry = entry or entry_of_file(weights)
     if entry is None:
         raise UsageError(
             "a model file must be a catalogue segmentation network; a fine-tuned model is a folder "
@@ -187,9 +207,7 @@ def catalogue_model_info(weights: Path) -> ModelInfo:
 
 def resolve_segmentation_model(name_or_path: str) -> tuple[ModelInfo, Path]:
     """A model folder, a registered model name or a catalogue segmentation network → (info, weights file)."""
-    from voco_backend.catalogue import resolve_model
-
-    path = resolve_model(name_or_path)
-    if path.is_dir():
-        return read_model_info(path), path / MODEL_PT
-    return catalogue_model_info(path), path
+    model = resolve_model(name_or_path)
+    if model.kind == "folder":
+        return read_model_info(model.path), model.weights
+    return catalogue_model_info(model.path, model.entry), model.weights

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from backend_cli import events
 from monai.networks.nets import SwinUNETR
 
 from voco_backend.cli import main
@@ -38,11 +38,6 @@ SMALL = [
     "--seed",
     "7",
 ]
-
-
-def events(text: str) -> list[dict]:
-    """The protocol events of a captured stdout."""
-    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
 def pretrain(*args: str) -> tuple[int, list[dict]]:

@@ -12,6 +12,7 @@ import json
 
 import pytest
 import torch
+from backend_cli import events
 
 from voco_backend.cancel import CancelToken
 from voco_backend.commands.finetune import FinetuneConfig
@@ -60,10 +61,6 @@ def tuner(folder, steps: int, max_seconds: float) -> FineTuner:
     return FineTuner(model, info, folder, schedule, torch.device("cpu"), [case], [case])
 
 
-def events(stdout: io.StringIO) -> list[dict]:
-    return [json.loads(line) for line in stdout.getvalue().splitlines()]
-
-
 def test_budget_stops_at_the_first_step_boundary_after_it_and_keeps_the_best_model(tmp_path, monkeypatch):
     monkeypatch.setattr(finetune_module, "time", Clock(10.0))
     out = io.StringIO()
@@ -76,7 +73,7 @@ def test_budget_stops_at_the_first_step_boundary_after_it_and_keeps_the_best_mod
     assert (tmp_path / MODEL_PT).is_file() and (tmp_path / "checkpoint_last.pt").is_file()
     meta = json.loads((tmp_path / "model.json").read_text())
     assert meta["training"]["steps_done"] == 4 and meta["training"]["best_step"] == 4
-    seen = events(out)
+    seen = events(out.getvalue())
     remaining = [e["remaining_s"] for e in seen if e["event"] == "progress" and e["stage"] == "finetune"]
     assert remaining == [25.0, 15.0, 5.0, 0.0]
     assert any("time budget" in e.get("message", "") for e in seen if e["event"] == "log")
@@ -87,7 +84,7 @@ def test_no_budget_runs_every_step_and_reports_no_remaining_time(tmp_path, monke
     out = io.StringIO()
     progress = tuner(tmp_path, steps=6, max_seconds=0.0).run(Reporter(stdout=out, stderr=io.StringIO()), CancelToken())
     assert progress.step == 6
-    assert not any("remaining_s" in e for e in events(out))
+    assert not any("remaining_s" in e for e in events(out.getvalue()))
 
 
 @pytest.mark.parametrize("minutes", [-1.0, float("nan")])

@@ -1,4 +1,7 @@
-"""Run the real ``python -m voco_backend`` in a child process and parse its protocol events (test helper)."""
+"""Test helpers shared across Testing/: run the real ``python -m voco_backend`` and parse its protocol events.
+
+``Testing/conftest.py`` puts this folder on ``sys.path``, so every test imports it as ``backend_cli``.
+"""
 
 from __future__ import annotations
 
