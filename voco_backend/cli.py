@@ -22,6 +22,7 @@ from voco_backend.errors import (
     Cancelled,
     DataError,
     VoCoError,
+    find_cause,
     find_user_error,
 )
 from voco_backend.protocol import Reporter
@@ -158,6 +159,10 @@ def _run(module: ModuleType, values: dict, config_file: str | None, reporter: Re
         reporter.error("cancelled", exit_code=EXIT_CANCELLED)
         return EXIT_CANCELLED
     except Exception as exc:
+        if find_cause(exc, Cancelled) is not None or cancel.cancelled:
+            # a cancel raised inside a MONAI transform arrives wrapped; a signal may also break a blocking call
+            reporter.error("cancelled", exit_code=EXIT_CANCELLED)
+            return EXIT_CANCELLED
         user_error = find_user_error(exc)
         if user_error is not None:
             reporter.error(user_error.message, file=user_error.file, exit_code=user_error.exit_code)

@@ -51,13 +51,19 @@ class Cancelled(Exception):
     """Raised at a step boundary after SIGTERM/SIGINT (exit 130)."""
 
 
-def find_user_error(exc: BaseException) -> VoCoError | None:
-    """The :class:`VoCoError` behind ``exc``, if any (MONAI wraps transform errors in a RuntimeError)."""
+def find_cause(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The exception of ``kind`` behind ``exc``, if any (MONAI wraps transform errors in a RuntimeError)."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
-        if isinstance(current, VoCoError):
+        if isinstance(current, kind):
             return current
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None
+
+
+def find_user_error(exc: BaseException) -> VoCoError | None:
+    """The :class:`VoCoError` behind ``exc``, if any."""
+    found = find_cause(exc, VoCoError)
+    return found if isinstance(found, VoCoError) else None

@@ -7,13 +7,16 @@ import importlib
 import json
 import subprocess
 import sys
+import types
 
 import pytest
 
-from voco_backend.cli import COMMANDS, build_parser, main
+from voco_backend.cancel import CancelToken
+from voco_backend.cli import COMMANDS, _run, build_parser, main
 from voco_backend.config import REQUIRED_TITLE, build_config, flag_name, is_required
-from voco_backend.errors import UsageError
+from voco_backend.errors import Cancelled, UsageError
 from voco_backend.pretrain.config import PretrainConfig
+from voco_backend.protocol import Reporter
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -133,3 +136,23 @@ def test_flags_left_out_leave_the_config_file_in_charge(tmp_path):
     values = {k: v for k, v in vars(args).items() if k not in ("command", "_config_file")}
     config = build_config(PretrainConfig, values, cfg)
     assert (config.steps, config.model_size, config.seed) == (7, "tiny", 3)
+
+
+@pytest.mark.parametrize("cancel_first", [False, True])
+def test_a_cancel_wrapped_by_a_library_still_exits_130(capsys, cancel_first):
+    """MONAI re-raises a transform's exception as a RuntimeError: a Cancelled inside is still a cancel."""
+
+    def run(config, reporter, cancel):
+        if cancel_first:  # a signal broke a blocking call: what is raised need not be Cancelled at all
+            cancel.cancel()
+            raise OSError("Interrupted system call")
+        try:
+            raise Cancelled()
+        except Cancelled as exc:
+            raise RuntimeError("applying transform <RandCropByLabelClassesd>") from exc
+
+    module = types.SimpleNamespace(CONFIG=PretrainConfig, run=run)
+    values = {"data": ["ct.nii.gz"], "out": "run"}
+    assert _run(module, values, None, Reporter(), CancelToken()) == 130
+    event = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert event == {"event": "error", "message": "cancelled", "file": None, "exit_code": 130}
