@@ -279,7 +279,26 @@ class BackendRun:
             self.onFinished(self.outcome)
 
 
-class BackendRunner:
+class Runner:
+    """What the local and the remote runner share: ``run``, which waits for the run each one's ``start`` gives."""
+
+    start: Callable[..., Any]
+
+    def run(
+        self,
+        argv: Sequence[str],
+        onProgress: ProgressCallback | None = None,
+        onLog: LogCallback | None = None,
+        idle: Callable[[], None] | None = None,
+    ) -> RunOutcome:
+        """Start and wait; raises :class:`BackendError` with the one-line message if the run fails."""
+        outcome = self.start(argv, onProgress, onLog).wait(idle)
+        if not outcome.ok:
+            raise BackendError(outcome)
+        return outcome
+
+
+class BackendRunner(Runner):
     """Starts backend commands.
 
     Args:
@@ -335,16 +354,3 @@ class BackendRunner:
                 )
             ) from exc
         return BackendRun(process, onProgress, onLog, onFinished, self.cancelGraceSeconds, cancelFile)
-
-    def run(
-        self,
-        argv: Sequence[str],
-        onProgress: ProgressCallback | None = None,
-        onLog: LogCallback | None = None,
-        idle: Callable[[], None] | None = None,
-    ) -> RunOutcome:
-        """Start and wait; raises :class:`BackendError` with the one-line message if the run fails."""
-        outcome = self.start(argv, onProgress, onLog).wait(idle)
-        if not outcome.ok:
-            raise BackendError(outcome)
-        return outcome

@@ -49,10 +49,10 @@ from typing import Any
 from VoCoSlicerLib.backendRunner import (
     EXIT_CANCELLED,
     STDERR_TAIL_LINES,
-    BackendError,
     FinishedCallback,
     LogCallback,
     ProgressCallback,
+    Runner,
     RunOutcome,
     exitMessage,
     parseEventLine,
@@ -552,7 +552,7 @@ class RemoteBackendRun:
             self._errorEvent = event
 
 
-class RemoteBackendRunner:
+class RemoteBackendRunner(Runner):
     """Starts backend commands on a :class:`RemoteHost`; a drop-in for :class:`BackendRunner`.
 
     Args:
@@ -573,16 +573,3 @@ class RemoteBackendRunner:
     ) -> RemoteBackendRun:
         """Start ``argv`` on the host; the copies and the run go on in the background."""
         return RemoteBackendRun(self.host, argv, onProgress, onLog, onFinished, self.cancelGraceSeconds)
-
-    def run(
-        self,
-        argv: Sequence[str],
-        onProgress: ProgressCallback | None = None,
-        onLog: LogCallback | None = None,
-        idle: Callable[[], None] | None = None,
-    ) -> RunOutcome:
-        """Start and wait; raises :class:`BackendError` with the one-line message if the run fails."""
-        outcome = self.start(argv, onProgress, onLog).wait(idle)
-        if not outcome.ok:
-            raise BackendError(outcome)
-        return outcome
