@@ -25,15 +25,15 @@ from voco_backend.atomic import remove_orphans
 from voco_backend.cancel import CancelToken
 from voco_backend.config import check_choice, check_range, field
 from voco_backend.cpu_memory import ALLOCATOR_HELP, CPU_ALLOCATORS
+from voco_backend.devices import DEVICES, resolve_device
 from voco_backend.errors import UsageError
 from voco_backend.networks import FEATURE_SIZES
 from voco_backend.protocol import Reporter
+from voco_backend.resume import LAST_CHECKPOINT
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
-
-DEVICES = ["auto", "cpu", "cuda"]
 
 
 @dataclasses.dataclass
@@ -103,7 +103,7 @@ class FinetuneConfig:
         "when classes are lateral (left/right lung): those augmentations swap them",
     )
     cpu_allocator: str = field("hugepages", help=ALLOCATOR_HELP, choices=CPU_ALLOCATORS)
-    device: str = field("auto", help="auto, cpu or cuda", choices=DEVICES)
+    device: str = field("auto", help="auto, cpu or cuda", choices=list(DEVICES))
     seed: int = field(0, help="seed of every random choice; same seed, same run")
 
     def __post_init__(self) -> None:
@@ -225,7 +225,6 @@ def run(config: FinetuneConfig, reporter: Reporter, cancel: CancelToken) -> None
 
     from voco_backend.cpu_memory import apply_cpu_allocator
     from voco_backend.data.recipe import Recipe
-    from voco_backend.distributed import resolve_device
     from voco_backend.networks import build_swinunetr
     from voco_backend.segmentation.finetune import FineTuner, Schedule
     from voco_backend.segmentation.labels import class_table
@@ -235,7 +234,7 @@ def run(config: FinetuneConfig, reporter: Reporter, cancel: CancelToken) -> None
     device = resolve_device(config.device)
     apply_cpu_allocator(config.cpu_allocator, device, reporter)
     folder = Path(config.out)
-    if not config.resume and (folder / "checkpoint_last.pt").exists():
+    if not config.resume and (folder / LAST_CHECKPOINT).exists():
         raise UsageError(
             "already holds a fine-tuning run: add --resume to continue it, or choose another --out", file=folder
         )

@@ -18,6 +18,7 @@ from voco_backend.config import to_dict
 from voco_backend.cpu_memory import apply_cpu_allocator
 from voco_backend.data.recipe import Recipe
 from voco_backend.data.sources import resolve_sources
+from voco_backend.devices import autocast, training_precision
 from voco_backend.distributed import (
     DistContext,
     any_rank,
@@ -25,18 +26,18 @@ from voco_backend.distributed import (
     gather_objects,
     init_distributed,
     shutdown,
-    training_precision,
 )
 from voco_backend.errors import Cancelled, UsageError
 from voco_backend.memory_guard import StepShape, check_step_memory, processes_per_machine
 from voco_backend.networks import MERGE_MONAI15, feature_size_of
-from voco_backend.pretrain.checkpoint import LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from voco_backend.pretrain.checkpoint import load_checkpoint, save_checkpoint
 from voco_backend.pretrain.config import PretrainConfig
 from voco_backend.pretrain.dataset import Batch, CachedVolumes, CropBatcher, batches, require_volumes
 from voco_backend.pretrain.heads import VoCoModel
 from voco_backend.pretrain.losses import voco_loss
 from voco_backend.pretrain.run_log import RunLog
 from voco_backend.protocol import Reporter
+from voco_backend.resume import LAST_CHECKPOINT, rng_state, set_rng_state
 from voco_backend.weights import export_encoder, load_pretrained
 
 # The EMA teacher's encoder of a whole-network teacher (10k recipe), in the same flat 145-key layout.
@@ -72,7 +73,7 @@ def init_fresh_parts(config: PretrainConfig) -> str:
 def _autocast(config: PretrainConfig, device: torch.device) -> tuple[contextlib.AbstractContextManager, bool]:
     """The AMP context of a step and whether the loss needs scaling (fp16)."""
     dtype, fp16 = training_precision(device, config.amp)
-    return (torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()), fp16
+    return autocast(device, dtype), fp16
 
 
 def _prepare_data(
@@ -96,7 +97,7 @@ def _prepare_data(
 
 
 def _check_run_dir(config: PretrainConfig, run_dir: Path) -> None:
-    if not config.resume and (run_dir / LAST).exists():
+    if not config.resume and (run_dir / LAST_CHECKPOINT).exists():
         raise UsageError(
             "the run folder already holds a run: pass --resume to continue it, or choose another --out", file=run_dir
         )
@@ -187,11 +188,11 @@ def _train(config: PretrainConfig, ctx: DistContext, reporter: Reporter, cancel:
     if ctx.is_main:
         remove_orphans(run_dir)  # temporary files of a killed run
     grid = config.crop_grid()
-    resumed = load_checkpoint(run_dir / LAST) if config.resume else None
+    resumed = load_checkpoint(run_dir / LAST_CHECKPOINT) if config.resume else None
     if resumed is not None and "merge_order" not in resumed.get("config", {}):
         config.merge_order = MERGE_MONAI15
         reporter.log(
-            f"{run_dir / LAST} records no merge order: made by an earlier version, so the run continues "
+            f"{run_dir / LAST_CHECKPOINT} records no merge order: made by an earlier version, so the run continues "
             "in MONAI 1.5's PatchMerging order it was trained in (not the official VoCo network)",
             level="warning",
         )
@@ -229,10 +230,11 @@ def _train(config: PretrainConfig, ctx: DistContext, reporter: Reporter, cancel:
         rngs = state["rng"]
         if len(rngs) == ctx.world:
             set_rng_state(rngs[ctx.rank], ctx.device)
-        reporter.log(f"resumed at step {start} from {run_dir / LAST}", step=start)
+        reporter.log(f"resumed at step {start} from {run_dir / LAST_CHECKPOINT}", step=start)
     if start >= config.steps:
         raise UsageError(
-            f"field 'steps' is {config.steps} but the run already did {start}; raise --steps", file=run_dir / LAST
+            f"field 'steps' is {config.steps} but the run already did {start}; raise --steps",
+            file=run_dir / LAST_CHECKPOINT,
         )
     if ctx.is_main:
         write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
@@ -311,7 +313,7 @@ def _train(config: PretrainConfig, ctx: DistContext, reporter: Reporter, cancel:
         "run_dir": str(run_dir),
         "encoder": str(run_dir / "encoder.pt"),
         **teacher,
-        "checkpoint": str(run_dir / LAST),
+        "checkpoint": str(run_dir / LAST_CHECKPOINT),
         "steps": step,
         "final_loss": log.history[-1]["loss"] if log and log.history else None,
         "volumes": len(valid),

@@ -23,15 +23,14 @@ from monai.optimizers import WarmupCosineSchedule
 
 from voco_backend.atomic import save_torch_atomic
 from voco_backend.cancel import CancelToken
-from voco_backend.distributed import training_precision
+from voco_backend.devices import autocast, training_precision
 from voco_backend.errors import Cancelled, DataError, UsageError
-from voco_backend.pretrain.checkpoint import rng_state, set_rng_state
 from voco_backend.protocol import Reporter
+from voco_backend.resume import LAST_CHECKPOINT, rng_state, set_rng_state
 from voco_backend.segmentation.inference import sliding_window_probabilities
 from voco_backend.segmentation.model_folder import MODEL_PT, ModelInfo, write_model_info
 from voco_backend.segmentation.training_data import Case, sample_batch, train_transforms
 
-LAST = "checkpoint_last.pt"
 VAL_OVERLAP = 0.25
 
 
@@ -125,7 +124,7 @@ class FineTuner:
     @property
     def last_path(self) -> Path:
         """The resumable checkpoint."""
-        return self.folder / LAST
+        return self.folder / LAST_CHECKPOINT
 
     def _setup(self) -> dict[str, Any]:
         """What must not change between a run and its resumption."""
@@ -192,7 +191,7 @@ class FineTuner:
         image, label = sample_batch(self.transforms, self.train_cases, self.schedule.seed, self.progress.step)
         image, label = image.to(self.device), label.to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+        with autocast(self.device, self.dtype):
             loss = self.loss(self.model(image).float(), label)
         value = loss.detach().item()
         if not math.isfinite(value):

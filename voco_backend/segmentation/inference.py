@@ -11,7 +11,6 @@ background.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,35 +23,17 @@ from torch import nn
 
 from voco_backend.cancel import CancelToken
 from voco_backend.data.io import from_array
+from voco_backend.devices import autocast, resolve_precision
 from voco_backend.errors import DataError
 from voco_backend.networks import build_swinunetr
 from voco_backend.segmentation.labels import label_pixel_type
 from voco_backend.segmentation.model_folder import ModelInfo
 from voco_backend.segmentation.preprocess import preprocess
 
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
-# `auto` on a CPU. benchmarks/segment_speed.py on the 2-core AVX2 CPU (tiny chest model, lung2, 27 windows):
-# bf16 autocast 14.0 s vs fp32 16.5 s end to end, 99.95% of voxels unchanged, Dice >= 0.989 on every structure
-# above 0.1% of the volume. On CUDA `auto` is bf16 (fp16 where bf16 is unsupported).
-CPU_AUTO_PRECISION = "bf16"
 INTERPOLATIONS: tuple[str, ...] = ("linear", "nearest")
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,))
 
 ProgressFn = Callable[[int, int], None]
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device`` (``None`` = fp32)."""
-    if precision == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        precision = CPU_AUTO_PRECISION
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """Mixed precision for the forward pass, or nothing for fp32."""
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def count_windows(shape: Sequence[int], roi: Sequence[int], overlap: float) -> int:
