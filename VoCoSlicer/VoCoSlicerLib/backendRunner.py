@@ -25,13 +25,14 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import IO, Any, Protocol
 
+EXIT_OOM = 4  # docs/PROTOCOL.md: out of memory; the backend's error event then carries the advice
 EXIT_CANCELLED = 130
 CANCEL_FILE_VARIABLE = "VOCO_CANCEL_FILE"  # docs/PROTOCOL.md: the backend cancels once this file exists
 EXIT_MESSAGES = {
     1: "internal error in the backend",
     2: "bad usage or configuration",
     3: "bad input data",
-    4: "out of memory",
+    EXIT_OOM: "out of memory",
     EXIT_CANCELLED: "cancelled",
 }
 STDERR_TAIL_LINES = 20
@@ -109,7 +110,7 @@ def exitMessage(
         what = f"the backend was stopped by signal {-exitCode}"
     else:
         what = EXIT_MESSAGES.get(exitCode, f"the backend failed with exit code {exitCode}")
-    if exitCode == 4 and detail.startswith("out of memory"):
+    if exitCode == EXIT_OOM and detail.startswith("out of memory"):
         return detail
     return f"{what}: {detail}" if detail else f"{what} (see the log)"
 

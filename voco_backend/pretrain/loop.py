@@ -42,13 +42,20 @@ from voco_backend.weights import export_encoder, load_pretrained
 
 # The EMA teacher's encoder of a whole-network teacher (10k recipe), in the same flat 145-key layout.
 TEACHER_ENCODER = "encoder_teacher.pt"
+# The smallest cached volume of the 10k recipe's `resize` region mode. That mode resizes the whole cached volume
+# to the region, so padding it up to the region (as `crop` mode needs) would only shrink the anatomy in the resize;
+# this floor (this project's choice) keeps a tiny foreground crop large enough to resize.
+RESIZE_MODE_MIN_SIZE = (32, 32, 16)
+# Rank r of a run seeded s draws its dropout from seed s * RANK_SEED_STRIDE + r: different on every rank, and no
+# two (seed, rank) pairs share a seed while the job has fewer ranks than the stride.
+RANK_SEED_STRIDE = 1000
 
 
 def recipe_of(config: PretrainConfig) -> Recipe:
     """The deterministic preprocessing of this run (volumes padded to at least one region)."""
     min_size = (config.region_xy, config.region_xy, config.region_depth)
     if config.region_mode == "resize":
-        min_size = (32, 32, 16)
+        min_size = RESIZE_MODE_MIN_SIZE
     return Recipe(
         spacing=tuple(config.spacing) if config.resample else None,
         window=tuple(config.window),
@@ -219,7 +226,7 @@ def _train(config: PretrainConfig, ctx: DistContext, reporter: Reporter, cancel:
     )
     scheduler = WarmupCosineSchedule(optimizer, warmup_steps=config.warmup_steps, t_total=config.steps)
     start, history = 0, []
-    torch.manual_seed(config.seed * 1000 + ctx.rank)  # dropout differs across ranks
+    torch.manual_seed(config.seed * RANK_SEED_STRIDE + ctx.rank)  # dropout differs across ranks
     if resumed is not None:
         state = resumed
         model.load_state_dict(state["model"])

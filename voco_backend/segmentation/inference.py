@@ -32,6 +32,10 @@ from voco_backend.segmentation.preprocess import preprocess
 
 INTERPOLATIONS: tuple[str, ...] = ("linear", "nearest")
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,))
+# Windows per forward pass. A GPU runs a few windows at once at little extra time per window, and 4 windows of a
+# 96³ roi stay a small part of its memory; a CPU gains nothing from batching (its cores are already busy on one
+# window) and each extra window only adds to the peak memory.
+WINDOWS_PER_BATCH = {"cuda": 4, "cpu": 1}
 
 ProgressFn = Callable[[int, int], None]
 
@@ -96,7 +100,7 @@ def sliding_window_probabilities(
             progress(done, total)
         return probabilities
 
-    batch = 4 if device.type == "cuda" else 1
+    batch = WINDOWS_PER_BATCH.get(device.type, 1)
     with torch.inference_mode():
         out = sliding_window_inference(
             torch.as_tensor(image)[None],
