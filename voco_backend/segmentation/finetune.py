@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from voco_backend.resume import LAST_CHECKPOINT, rng_state, set_rng_state
 from voco_backend.segmentation.inference import sliding_window_probabilities
 from voco_backend.segmentation.model_folder import MODEL_PT, ModelInfo, write_model_info
 from voco_backend.segmentation.training_data import Case, sample_batch, train_transforms
+
+if TYPE_CHECKING:
+    from voco_backend.commands.finetune import FinetuneConfig
 
 VAL_OVERLAP = 0.25
 
@@ -50,6 +53,12 @@ class Schedule:
     mirror_left_right: bool = False
     crops: str = "classes"
     max_seconds: float = 0.0  # stop at the first step boundary after this much training time (0: no limit)
+
+    @classmethod
+    def from_config(cls, config: FinetuneConfig) -> Schedule:
+        """The schedule of a ``finetune`` config (its fields of the same names; ``max_minutes`` in seconds)."""
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "max_seconds"]
+        return cls(**{name: getattr(config, name) for name in names}, max_seconds=config.max_minutes * 60.0)
 
 
 @dataclasses.dataclass
