@@ -102,7 +102,7 @@ def finetune(
 def dice_per_patient(model: Path, val: list[tuple[Path, Path]], device: str) -> list[float]:
     """Dice of the kept model on each validation patient, segmented as ``segment`` does, on the patient's grid."""
     from voco_backend.data.io import read_image
-    from voco_backend.distributed import resolve_device
+    from voco_backend.devices import resolve_device
     from voco_backend.segmentation.evaluation import class_metrics, on_reference_grid
     from voco_backend.segmentation.inference import Segmenter
     from voco_backend.segmentation.model_folder import MODEL_PT, read_model_info

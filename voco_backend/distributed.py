@@ -1,4 +1,4 @@
-"""Devices and PyTorch DDP set-up for processes started by ``torchrun`` (NCCL on GPU, gloo on CPU)."""
+"""PyTorch DDP set-up for processes started by ``torchrun`` (NCCL on GPU, gloo on CPU); devices: :mod:`devices`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from voco_backend.errors import UsageError
+from voco_backend.devices import resolve_device
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,15 +30,6 @@ class DistContext:
     def distributed(self) -> bool:
         """Whether a process group is in use."""
         return self.world > 1
-
-
-def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is a one-line usage error."""
-    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise UsageError("field 'device' is cuda but no CUDA GPU is visible to PyTorch; use --device cpu or auto")
-    return torch.device("cuda", local_rank)
 
 
 def init_distributed(device_choice: str) -> DistContext:
@@ -82,11 +73,3 @@ def shutdown(ctx: DistContext) -> None:
     """Leave the process group."""
     if ctx.distributed and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def training_precision(device: torch.device, amp: bool) -> tuple[torch.dtype | None, bool]:
-    """The autocast dtype of a training step and whether the loss needs scaling (fp16); fp32 on a CPU."""
-    if not (amp and device.type == "cuda"):
-        return None, False
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return dtype, dtype == torch.float16

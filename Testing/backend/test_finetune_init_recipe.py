@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from voco_backend.commands.finetune import DEFAULT_SPACING, DEFAULT_WINDOW, recipe_from_init
+from voco_backend.segmentation.finetune_run import DEFAULT_SPACING, DEFAULT_WINDOW, recipe_from_init
 
 
 @pytest.mark.parametrize("init", ["VoCo_B_SSL_head", "/data/weights/VoCo_H_SSL_head.pt"])

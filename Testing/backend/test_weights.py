@@ -222,8 +222,8 @@ def test_vocomni_style_checkpoint_loads_weights_only(tmp_path):
 
 
 def test_vocomni_style_checkpoint_loads_through_finetune_init(tmp_path):
-    from voco_backend.commands.finetune import _init_encoder
     from voco_backend.protocol import Reporter
+    from voco_backend.segmentation.finetune_run import _init_encoder
 
     torch.manual_seed(0)
     source = build_swinunetr("tiny", 3)

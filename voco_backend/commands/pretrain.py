@@ -20,7 +20,7 @@ CONFIG = PretrainConfig
 
 
 def run(config: PretrainConfig, reporter: Reporter, cancel: CancelToken) -> None:
-    """Train, then report the run's outputs."""
+    """Train (pretrain.loop), then report the run's outputs."""
     from voco_backend.pretrain.loop import train
 
     reporter.result(**train(config, reporter, cancel))

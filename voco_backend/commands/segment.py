@@ -22,11 +22,10 @@ from voco_backend.cancel import CancelToken
 from voco_backend.config import check_choice, check_range, field
 from voco_backend.cpu_memory import ALLOCATOR_HELP, CPU_ALLOCATORS
 from voco_backend.data.io import IMAGE_SUFFIXES, has_image_suffix
+from voco_backend.devices import DEVICES, PRECISIONS, resolve_device
 from voco_backend.errors import DataError, UsageError
 from voco_backend.protocol import Reporter
-from voco_backend.segmentation.inference import INTERPOLATIONS, PRECISIONS
-
-DEVICES = ["auto", "cpu", "cuda"]
+from voco_backend.segmentation.inference import INTERPOLATIONS
 
 
 @dataclasses.dataclass
@@ -48,7 +47,7 @@ class SegmentConfig:
         None, help="batch: write <name>_seg<--output-suffix> here for each input (one model load)", metavar="DIR"
     )
     output_suffix: str = field(".nii.gz", help="batch: the label maps' format, e.g. .nii.gz or .seg.nrrd")
-    device: str = field("auto", help="auto, cpu or cuda", choices=DEVICES)
+    device: str = field("auto", help="auto, cpu or cuda", choices=list(DEVICES))
     overlap: float | None = field(
         None, help="sliding-window overlap in [0, 0.95] (default: the model's recommended, e.g. VoComni 0.75; else 0.5)"
     )
@@ -137,7 +136,6 @@ def run(config: SegmentConfig, reporter: Reporter, cancel: CancelToken) -> None:
 
     from voco_backend.cpu_memory import apply_cpu_allocator
     from voco_backend.data.io import read_image
-    from voco_backend.distributed import resolve_device
     from voco_backend.segmentation.inference import Segmenter, window_settings
     from voco_backend.segmentation.model_folder import resolve_segmentation_model
     from voco_backend.segmentation.statistics import label_statistics, statistics_path, write_statistics

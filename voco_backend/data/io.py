@@ -129,13 +129,18 @@ def write_image(image: sitk.Image, path: str | Path, compress: bool = True) -> N
         sitk.WriteImage(image, str(tmp), compress)
 
 
-def affine_of(image: sitk.Image) -> np.ndarray:
-    """The 4×4 voxel (i, j, k) → RAS-mm affine of an image."""
+def ijk_to_lps(image: sitk.Image) -> np.ndarray:
+    """The 4×4 voxel (i, j, k) → LPS-mm matrix of an image (ITK's frame, and the one ``.seg.nrrd`` headers use)."""
     direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
-    affine = np.eye(4)
-    affine[:3, :3] = direction * np.asarray(image.GetSpacing(), dtype=np.float64)
-    affine[:3, 3] = image.GetOrigin()
-    return LPS_TO_RAS @ affine
+    matrix = np.eye(4)
+    matrix[:3, :3] = direction * np.asarray(image.GetSpacing(), dtype=np.float64)
+    matrix[:3, 3] = image.GetOrigin()
+    return matrix
+
+
+def affine_of(image: sitk.Image) -> np.ndarray:
+    """The 4×4 voxel (i, j, k) → RAS-mm affine of an image (MONAI's frame)."""
+    return LPS_TO_RAS @ ijk_to_lps(image)
 
 
 def to_metatensor(image: sitk.Image, dtype: torch.dtype = torch.float32) -> MetaTensor:

@@ -85,14 +85,17 @@ class _Above:
         return x > self.threshold
 
 
-def deterministic_transforms(recipe: Recipe, label_key: str | None = None) -> Compose:
-    """The cacheable part of the pipeline for ``image`` (and optionally a label under ``label_key``)."""
+def deterministic_transforms(recipe: Recipe, label_key: str | None = None, load: bool = True) -> Compose:
+    """The cacheable part of the pipeline for ``image`` (and optionally a label under ``label_key``).
+
+    Args:
+        load: start by reading the keys' paths (:class:`LoadSitkd`); ``False`` for data already in memory as
+            (1, X, Y, Z) MetaTensors with their RAS affine (:func:`voco_backend.data.io.to_metatensor`).
+    """
     keys = ["image"] + ([label_key] if label_key else [])
     modes = ["bilinear"] + (["nearest"] if label_key else [])
-    steps: list = [
-        LoadSitkd(keys, [torch.float32] + ([torch.int16] if label_key else [])),
-        Orientationd(keys=keys, axcodes="RAS", labels=None),
-    ]
+    steps: list = [LoadSitkd(keys, [torch.float32] + ([torch.int16] if label_key else []))] if load else []
+    steps.append(Orientationd(keys=keys, axcodes="RAS", labels=None))
     if recipe.spacing is not None:
         steps.append(Spacingd(keys=keys, pixdim=recipe.spacing, mode=modes))
     steps += [

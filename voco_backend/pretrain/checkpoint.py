@@ -10,20 +10,20 @@ import torch
 
 from voco_backend.atomic import save_torch_atomic
 from voco_backend.errors import DataError
+from voco_backend.resume import LAST_CHECKPOINT
 
-LAST = "checkpoint_last.pt"
 STEP_PATTERN = re.compile(r"checkpoint_step(\d+)\.pt$")
 
 
 def save_checkpoint(state: dict[str, Any], run_dir: Path, step: int, keep: int) -> Path:
     """Write ``checkpoint_last.pt`` and (if ``keep`` > 0) ``checkpoint_step{step}.pt``, pruning older ones."""
-    save_torch_atomic(state, run_dir / LAST)
+    save_torch_atomic(state, run_dir / LAST_CHECKPOINT)
     if keep > 0:
         save_torch_atomic(state, run_dir / f"checkpoint_step{step}.pt")
         old = sorted(run_dir.glob("checkpoint_step*.pt"), key=lambda p: int(STEP_PATTERN.search(p.name)[1]))
         for path in old[:-keep]:
             path.unlink()
-    return run_dir / LAST
+    return run_dir / LAST_CHECKPOINT
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -37,18 +37,3 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "step" not in state or "model" not in state:
         raise DataError("not a pretraining checkpoint of this program (no step/model)", file=path)
     return state
-
-
-def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
-    """The torch RNG states that the step needs (dropout)."""
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
-    """Restore :func:`rng_state`."""
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)

@@ -6,6 +6,7 @@ import dataclasses
 
 from voco_backend.config import check_choice, check_range, field
 from voco_backend.cpu_memory import ALLOCATOR_HELP, CPU_ALLOCATORS
+from voco_backend.devices import DEVICES
 from voco_backend.errors import UsageError
 from voco_backend.networks import FEATURE_SIZES, MERGE_MONAI13, MERGE_ORDERS
 from voco_backend.pretrain.geometry import CropGrid
@@ -70,7 +71,7 @@ class PretrainConfig:
         metavar="CHECKPOINT",
     )
     resume: bool = field(False, help="continue RUN_DIR/checkpoint_last.pt (step, optimiser, scheduler, EMA, RNG)")
-    device: str = field("auto", help="auto, cpu or cuda", choices=["auto", "cpu", "cuda"])
+    device: str = field("auto", help="auto, cpu or cuda", choices=list(DEVICES))
     seed: int = field(0, help="seed of every random choice; same seed, same run")
     recipe: str = field("tpami", help="tpami (default, official TPAMI code) or 10k (CVPR code)", choices=list(RECIPES))
     region_xy: int | None = field(None, help="in-plane side of the region cut into base crops (recipe default)")
@@ -128,7 +129,7 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         check_choice("model_size", self.model_size, list(FEATURE_SIZES))
-        check_choice("device", self.device, ["auto", "cpu", "cuda"])
+        check_choice("device", self.device, DEVICES)
         check_choice("recipe", self.recipe, list(RECIPES))
         for name, value in RECIPES[self.recipe].items():
             if getattr(self, name) is None:

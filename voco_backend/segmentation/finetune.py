@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 import torch
@@ -23,15 +23,17 @@ from monai.optimizers import WarmupCosineSchedule
 
 from voco_backend.atomic import save_torch_atomic
 from voco_backend.cancel import CancelToken
-from voco_backend.distributed import training_precision
+from voco_backend.devices import autocast, training_precision
 from voco_backend.errors import Cancelled, DataError, UsageError
-from voco_backend.pretrain.checkpoint import rng_state, set_rng_state
 from voco_backend.protocol import Reporter
+from voco_backend.resume import LAST_CHECKPOINT, rng_state, set_rng_state
 from voco_backend.segmentation.inference import sliding_window_probabilities
 from voco_backend.segmentation.model_folder import MODEL_PT, ModelInfo, write_model_info
 from voco_backend.segmentation.training_data import Case, sample_batch, train_transforms
 
-LAST = "checkpoint_last.pt"
+if TYPE_CHECKING:
+    from voco_backend.commands.finetune import FinetuneConfig
+
 VAL_OVERLAP = 0.25
 
 
@@ -51,6 +53,12 @@ class Schedule:
     mirror_left_right: bool = False
     crops: str = "classes"
     max_seconds: float = 0.0  # stop at the first step boundary after this much training time (0: no limit)
+
+    @classmethod
+    def from_config(cls, config: FinetuneConfig) -> Schedule:
+        """The schedule of a ``finetune`` config (its fields of the same names; ``max_minutes`` in seconds)."""
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "max_seconds"]
+        return cls(**{name: getattr(config, name) for name in names}, max_seconds=config.max_minutes * 60.0)
 
 
 @dataclasses.dataclass
@@ -125,7 +133,7 @@ class FineTuner:
     @property
     def last_path(self) -> Path:
         """The resumable checkpoint."""
-        return self.folder / LAST
+        return self.folder / LAST_CHECKPOINT
 
     def _setup(self) -> dict[str, Any]:
         """What must not change between a run and its resumption."""
@@ -192,7 +200,7 @@ class FineTuner:
         image, label = sample_batch(self.transforms, self.train_cases, self.schedule.seed, self.progress.step)
         image, label = image.to(self.device), label.to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+        with autocast(self.device, self.dtype):
             loss = self.loss(self.model(image).float(), label)
         value = loss.detach().item()
         if not math.isfinite(value):

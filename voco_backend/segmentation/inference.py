@@ -11,7 +11,6 @@ background.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,44 +23,21 @@ from torch import nn
 
 from voco_backend.cancel import CancelToken
 from voco_backend.data.io import from_array
+from voco_backend.devices import autocast, resolve_precision
 from voco_backend.errors import DataError
 from voco_backend.networks import build_swinunetr
 from voco_backend.segmentation.labels import label_pixel_type
 from voco_backend.segmentation.model_folder import ModelInfo
 from voco_backend.segmentation.preprocess import preprocess
 
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
-# `auto` on a CPU is bf16 only where the CPU computes bf16 natively (AVX512-BF16 or AMX): there
-# benchmarks/segment_speed.py measured bf16 autocast 14.0 s vs fp32 16.5 s end to end (tiny chest model, lung2,
-# 27 windows), 99.95% of voxels unchanged, Dice >= 0.989 on every structure above 0.1% of the volume. On an
-# AVX2-only CPU bf16 is emulated: one 64^3 window of the tiny network took 72 s in bf16 against 5.2 s in fp32,
-# so `auto` is fp32 there. On CUDA `auto` is bf16 (fp16 where bf16 is unsupported).
 INTERPOLATIONS: tuple[str, ...] = ("linear", "nearest")
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,))
+# Windows per forward pass. A GPU runs a few windows at once at little extra time per window, and 4 windows of a
+# 96³ roi stay a small part of its memory; a CPU gains nothing from batching (its cores are already busy on one
+# window) and each extra window only adds to the peak memory.
+WINDOWS_PER_BATCH = {"cuda": 4, "cpu": 1}
 
 ProgressFn = Callable[[int, int], None]
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (oneDNN's own probe; False where it cannot be asked)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device`` (``None`` = fp32)."""
-    if precision == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        precision = "bf16" if cpu_has_native_bf16() else "fp32"
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """Mixed precision for the forward pass, or nothing for fp32."""
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def count_windows(shape: Sequence[int], roi: Sequence[int], overlap: float) -> int:
@@ -124,7 +100,7 @@ def sliding_window_probabilities(
             progress(done, total)
         return probabilities
 
-    batch = 4 if device.type == "cuda" else 1
+    batch = WINDOWS_PER_BATCH.get(device.type, 1)
     with torch.inference_mode():
         out = sliding_window_inference(
             torch.as_tensor(image)[None],

@@ -1,8 +1,8 @@
 """The shared deterministic recipe applied to images already in memory (and their class-index labels).
 
 Training and inference both hold the SimpleITK image already (training checks the label against it, inference
-needs its grid to restore the output), so the recipe's file-loading step is skipped and the rest of
-:func:`voco_backend.data.recipe.deterministic_transforms` runs unchanged.
+needs its grid to restore the output), so they ask the data layer for its pipeline without the file-loading step
+(``deterministic_transforms(..., load=False)``); the rest runs unchanged.
 """
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Compose
 
 from voco_backend.data.io import to_metatensor
-from voco_backend.data.recipe import LoadSitkd, Recipe, deterministic_transforms
+from voco_backend.data.recipe import Recipe, deterministic_transforms
 
 LABEL_KEY = "label"
 
@@ -26,8 +25,7 @@ def preprocess(recipe: Recipe, image: sitk.Image, label: np.ndarray | None = Non
         ``{"image": (1, X, Y, Z) float, "label": (1, X, Y, Z) int16}`` in RAS at the recipe spacing, cropped
         to the foreground and padded; each MetaTensor's affine maps its voxels to physical RAS millimetres.
     """
-    pipeline = deterministic_transforms(recipe, LABEL_KEY if label is not None else None)
-    steps = Compose([t for t in pipeline.transforms if not isinstance(t, LoadSitkd)])
+    steps = deterministic_transforms(recipe, LABEL_KEY if label is not None else None, load=False)
     data = {"image": to_metatensor(image)}
     if label is not None:
         label_image = sitk.GetImageFromArray(label)

@@ -5,20 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 
 from voco_backend.atomic import atomic_path
-from voco_backend.data.io import write_image
+from voco_backend.data.io import ijk_to_lps, write_image
 from voco_backend.segmentation.labels import SegmentClass, is_seg_nrrd
-
-
-def ijk_to_lps(image: sitk.Image) -> np.ndarray:
-    """The 4×4 voxel (i, j, k) → LPS-mm matrix of an image (the frame ``.seg.nrrd`` headers use)."""
-    matrix = np.eye(4)
-    matrix[:3, :3] = np.asarray(image.GetDirection()).reshape(3, 3) * np.asarray(image.GetSpacing())
-    matrix[:3, 3] = image.GetOrigin()
-    return matrix
 
 
 def write_label_map(label: sitk.Image, path: str | Path, classes: Sequence[SegmentClass]) -> Path:
