@@ -158,7 +158,48 @@ LogCallback = Callable[[str], None]
 FinishedCallback = Callable[[RunOutcome], None]
 
 
-class BackendRun:
+class EventRun:
+    """What a local and a remote run share: the protocol's JSON lines turned into callbacks, and ``wait``.
+
+    A subclass sets ``onProgress``, ``onLog``, ``outcome``, ``result``, ``_errorEvent`` and gives ``poll``.
+    """
+
+    onProgress: ProgressCallback | None
+    onLog: LogCallback | None
+    outcome: RunOutcome | None
+    result: dict[str, Any]
+    _errorEvent: dict[str, Any] | None
+    poll: Callable[[], bool]
+
+    def wait(self, idle: Callable[[], None] | None = None, interval: float = 0.05) -> RunOutcome:
+        """Poll until the run has ended; ``idle`` is called between polls (e.g. to keep a GUI alive)."""
+        while self.poll():
+            if idle is not None:
+                idle()
+            time.sleep(interval)
+        assert self.outcome is not None
+        return self.outcome
+
+    def _resultOf(self, event: dict[str, Any]) -> dict[str, Any]:
+        """The result the caller sees for the backend's result ``event`` (the remote run maps its paths)."""
+        return {k: v for k, v in event.items() if k != "event"}
+
+    def _onStdout(self, line: str) -> None:
+        event = parseEventLine(line)
+        if event is None:
+            return
+        kind = event["event"]
+        if kind == "progress" and self.onProgress:
+            self.onProgress(event)
+        elif kind == "log" and self.onLog:
+            self.onLog(f"[{event.get('level', 'info')}] {event.get('message', '')}")
+        elif kind == "result":
+            self.result = self._resultOf(event)
+        elif kind == "error":
+            self._errorEvent = event
+
+
+class BackendRun(EventRun):
     """One running backend process; poll it from the thread that owns the callbacks.
 
     Args:
@@ -245,29 +286,6 @@ class BackendRun:
         if self.outcome is None and self._openStreams == 0 and self.process.poll() is not None:
             self._finish(self.process.returncode)
         return self.outcome is None
-
-    def wait(self, idle: Callable[[], None] | None = None, interval: float = 0.05) -> RunOutcome:
-        """Poll until the run has ended; ``idle`` is called between polls (e.g. to keep a GUI alive)."""
-        while self.poll():
-            if idle is not None:
-                idle()
-            time.sleep(interval)
-        assert self.outcome is not None
-        return self.outcome
-
-    def _onStdout(self, line: str) -> None:
-        event = parseEventLine(line)
-        if event is None:
-            return
-        kind = event["event"]
-        if kind == "progress" and self.onProgress:
-            self.onProgress(event)
-        elif kind == "log" and self.onLog:
-            self.onLog(f"[{event.get('level', 'info')}] {event.get('message', '')}")
-        elif kind == "result":
-            self.result = {k: v for k, v in event.items() if k != "event"}
-        elif kind == "error":
-            self._errorEvent = event
 
     def _finish(self, exitCode: int) -> None:
         if self.cancelFile:

@@ -42,13 +42,14 @@ import tarfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from VoCoSlicerLib.backendRunner import (
     EXIT_CANCELLED,
     STDERR_TAIL_LINES,
+    EventRun,
     FinishedCallback,
     LogCallback,
     ProgressCallback,
@@ -248,7 +249,7 @@ def _rewriteValue(value: Any, mapping: Sequence[tuple[str, str]]) -> Any:
     return value
 
 
-class RemoteBackendRun:
+class RemoteBackendRun(EventRun):
     """One backend run on the host; the same interface as :class:`BackendRun` (poll from the callbacks' thread).
 
     The copies and the ssh processes run in a worker thread; :meth:`poll` delivers what they produced.
@@ -519,15 +520,6 @@ class RemoteBackendRun:
                     self.onFinished(self.outcome)
         return self.outcome is None
 
-    def wait(self, idle: Callable[[], None] | None = None, interval: float = 0.05) -> RunOutcome:
-        """Poll until the run has ended; ``idle`` is called between polls (e.g. to keep a GUI alive)."""
-        while self.poll():
-            if idle is not None:
-                idle()
-            time.sleep(interval)
-        assert self.outcome is not None
-        return self.outcome
-
     def _pathMapping(self) -> list[tuple[str, str]]:
         mapping = []
         for index, (_, local) in enumerate(self.plan.downloads):
@@ -537,19 +529,8 @@ class RemoteBackendRun:
             mapping.append((f"out/{index}_", localPrefix))
         return mapping
 
-    def _onStdout(self, line: str) -> None:
-        event = parseEventLine(line)
-        if event is None:
-            return
-        kind = event["event"]
-        if kind == "progress" and self.onProgress:
-            self.onProgress(event)
-        elif kind == "log" and self.onLog:
-            self.onLog(f"[{event.get('level', 'info')}] {event.get('message', '')}")
-        elif kind == "result":
-            self.result = _rewriteValue({k: v for k, v in event.items() if k != "event"}, self._pathMapping())
-        elif kind == "error":
-            self._errorEvent = event
+    def _resultOf(self, event: dict[str, Any]) -> dict[str, Any]:
+        return _rewriteValue(super()._resultOf(event), self._pathMapping())
 
 
 class RemoteBackendRunner(Runner):
