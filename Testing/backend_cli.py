@@ -11,6 +11,15 @@ import os
 import subprocess
 import sys
 
+# The small networks the real-run tests train (seconds a step on 2 cores): fine-tuning and pretraining flags.
+TINY_FINETUNE = [
+    "--model-size", "tiny", "--roi", "64", "--spacing", "4", "4", "4", "--batch-size", "1", "--device", "cpu",
+]  # fmt: skip
+TINY_PRETRAIN = [
+    "--model-size", "tiny", "--region-xy", "128", "--region-depth", "32", "--grid", "2", "--random-crops", "1",
+    "--volumes-per-step", "2", "--seed", "7",
+]  # fmt: skip
+
 
 @dataclasses.dataclass
 class CliRun:

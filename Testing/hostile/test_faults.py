@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from backend_cli import TINY_FINETUNE, TINY_PRETRAIN
 from hostile_helpers import parse_events
 
 from voco_backend.cancel import CancelToken
@@ -37,20 +38,7 @@ SEED = int(os.environ.get("VOCO_FAULT_SEED", "13"))
 STEPS = 4
 PRETRAIN = [
     "pretrain",
-    "--model-size",
-    "tiny",
-    "--region-xy",
-    "128",
-    "--region-depth",
-    "32",
-    "--grid",
-    "2",
-    "--random-crops",
-    "1",
-    "--volumes-per-step",
-    "2",
-    "--seed",
-    "7",
+    *TINY_PRETRAIN,
     "--steps",
     str(STEPS),
     "--checkpoint-every",
@@ -68,18 +56,7 @@ FINETUNE = [
     str(STEPS),
     "--checkpoint-every",
     "1",
-    "--model-size",
-    "tiny",
-    "--roi",
-    "64",
-    "--spacing",
-    "4",
-    "4",
-    "4",
-    "--batch-size",
-    "1",
-    "--device",
-    "cpu",
+    *TINY_FINETUNE,
 ]
 
 

@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from backend_cli import TINY_FINETUNE as TINY
 from backend_cli import backend
 from VoCoSlicerLib.remoteBackend import RemoteBackendRunner
 
 from voco_backend.networks import SwinEncoder
 from voco_backend.weights import export_encoder
-
-TINY = ["--model-size", "tiny", "--roi", "64", "--spacing", "4", "4", "4", "--batch-size", "1", "--device", "cpu"]
 
 
 def finetuneArgs(sts: Path, encoder: Path, steps: int) -> list[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from backend_cli import events
+from backend_cli import TINY_PRETRAIN, events
 from monai.networks.nets import SwinUNETR
 
 from voco_backend.cli import main
@@ -22,22 +22,7 @@ from voco_backend.pretrain.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 
-SMALL = [
-    "--model-size",
-    "tiny",
-    "--region-xy",
-    "128",
-    "--region-depth",
-    "32",
-    "--grid",
-    "2",
-    "--random-crops",
-    "1",
-    "--volumes-per-step",
-    "2",
-    "--seed",
-    "7",
-]
+SMALL = TINY_PRETRAIN
 
 
 def pretrain(*args: str) -> tuple[int, list[dict]]:

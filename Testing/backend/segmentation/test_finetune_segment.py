@@ -14,6 +14,7 @@ import pytest
 import SimpleITK as sitk
 import slicerio
 import torch
+from backend_cli import TINY_FINETUNE as TINY
 from backend_cli import backend, events, start
 
 from voco_backend.data.io import read_image
@@ -24,7 +25,6 @@ from voco_backend.segmentation.inference import restore_to_grid
 from voco_backend.segmentation.preprocess import preprocess
 from voco_backend.weights import export_encoder
 
-TINY = ["--model-size", "tiny", "--roi", "64", "--spacing", "4", "4", "4", "--batch-size", "1", "--device", "cpu"]
 VERTEBRAE_T11_T12 = [32, 33]  # TotalSegmentator v2 label values (labels_total_v2.json)
 
 

@@ -6,13 +6,12 @@ from __future__ import annotations
 import pytest
 import SimpleITK as sitk
 import torch
+from backend_cli import TINY_FINETUNE as TINY
 from backend_cli import backend
 
 from voco_backend.cli import main
 from voco_backend.networks import SwinEncoder
 from voco_backend.weights import export_encoder
-
-TINY = ["--model-size", "tiny", "--roi", "64", "--spacing", "4", "4", "4", "--batch-size", "1", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
