@@ -83,6 +83,8 @@ class VoCoSlicerParameterNode:
     pretrainResume: bool = False
     pythonExecutable: Path
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
+    remoteHost: str = ""
+    remotePython: str = "python3"
 
 
 class VoCoSlicerLogic(BackendLogic, ScriptedLoadableModuleLogic):
@@ -241,6 +243,16 @@ class VoCoSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         environment = BackendEnvironment(pythonExecutable=_chosenPath(self._parameterNode.pythonExecutable))
         if environment != self.logic.environment:
             self.logic = VoCoSlicerLogic(environment)
+        self._useChosenHost()
+
+    def _useChosenHost(self) -> None:
+        """Send segment/fine-tune/pretrain runs to the SSH host of the Backend panel, or run them here."""
+        from VoCoSlicerLib.remoteBackend import RemoteHost
+
+        host, python = self._parameterNode.remoteHost.strip(), self._parameterNode.remotePython.strip()
+        wanted = RemoteHost(host, python=python or "python3") if host else None
+        if wanted != self.logic.remoteHost:
+            self.logic.setRemoteHost(wanted)
 
     def _installBackendIfMissing(self, environment: BackendEnvironment) -> None:
         """Offer to install the backend into Slicer's Python when ``environment`` cannot import it.

@@ -303,6 +303,21 @@ class QPlainTextEdit(QWidget):
         self.lines.clear()
 
 
+class QLineEdit(QWidget):
+    _text = ""
+    placeholderText = ""
+
+    @property
+    def text(self) -> str:
+        return self._text
+
+    @text.setter
+    def text(self, value: str) -> None:
+        if str(value) != self._text:
+            self._text = str(value)
+            self.textChanged.emit(self._text)
+
+
 class ctkPathLineEdit(QWidget):
     _path = ""
 
@@ -453,6 +468,7 @@ QT_CLASSES = {
     "QLabel": QLabel,
     "QProgressBar": QProgressBar,
     "QPlainTextEdit": QPlainTextEdit,
+    "QLineEdit": QLineEdit,
     "QTimer": QTimer,
     "QSettings": QSettings,
 }

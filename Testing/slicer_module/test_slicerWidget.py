@@ -143,6 +143,25 @@ def test_download_run_finishes_through_the_polling_timer(module, ctVolume, fakeB
     widget.cleanup()
 
 
+def test_backend_panels_remote_host_sends_runs_over_ssh_and_keeps_the_model_list_here(module, ctVolume) -> None:
+    from VoCoSlicerLib.remoteBackend import RemoteBackendRunner, RemoteHost
+
+    widget = _widget(module, module.app.qt)
+    local = widget.logic.runner
+    widget.ui.remoteHostLineEdit.text = "gpu-user@gpu-host.invalid"  # typed in the Backend panel
+    widget.ui.remotePythonLineEdit.text = "~/voco/bin/python"
+    assert widget._parameterNode.remoteHost == "gpu-user@gpu-host.invalid"
+    widget._useChosenPython()  # what every Segment / Fine-tune / Pretrain click does first
+    assert isinstance(widget.logic.runner, RemoteBackendRunner)
+    assert widget.logic.remoteHost == RemoteHost("gpu-user@gpu-host.invalid", python="~/voco/bin/python")
+    # the model list and registrations stay local: listing works although the host does not exist
+    assert "VoComni_B" in [entry.name for entry in widget.logic.catalogue.list()]
+    widget.ui.remoteHostLineEdit.text = "  "
+    widget._useChosenPython()
+    assert widget.logic.runner is local and widget.logic.remoteHost is None  # here again, same environment
+    widget.cleanup()
+
+
 def test_tutorial_fine_tune_pairs_the_segment_editors_source_volume(
     module, scene, chestCtFiles, ctVolume, fakeBackend, tmp_path
 ) -> None:

@@ -149,7 +149,13 @@ class VoCoSlicerLogic:
     def __init__(self, environment: BackendEnvironment | None = None, runner: BackendRunner | None = None) -> None:
         self.environment = environment or BackendEnvironment()
         self.runner = runner or BackendRunner(self.environment.command(), self.environment.environment())
+        self.localRunner = self.runner
         self.catalogue = ModelCatalogue(self.runner)
+
+    @property
+    def remoteHost(self) -> Any | None:
+        """The ``remoteBackend.RemoteHost`` the runs go to, or None when they run here."""
+        return getattr(self.runner, "host", None)
 
     def setRemoteHost(self, host: Any | None) -> None:
         """Run segment/finetune/pretrain on ``host`` (a ``remoteBackend.RemoteHost``) over SSH; None: here again.
@@ -158,7 +164,7 @@ class VoCoSlicerLogic:
         """
         from VoCoSlicerLib.remoteBackend import RemoteBackendRunner
 
-        self.runner = RemoteBackendRunner(host) if host is not None else BackendRunner(self.environment.command())
+        self.runner = RemoteBackendRunner(host) if host is not None else self.localRunner
 
     def startSegment(
         self,
