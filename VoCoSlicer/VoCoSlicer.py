@@ -132,6 +132,7 @@ class VoCoSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = VoCoSlicerLogic()
         self._runButtons = {
             self.ui.segmentButton: self.startSegment,
+            self.ui.segmentAllButton: self.startSegmentAll,
             self.ui.finetuneButton: self.startFinetune,
             self.ui.pretrainButton: self.startPretrain,
         }
@@ -144,6 +145,7 @@ class VoCoSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.addModelFolderButton.connect("clicked(bool)", self.onAddModelFolder)
         self.ui.installBackendButton.connect("clicked(bool)", self.onInstallBackend)
         self.ui.trainingSegmentationsSelector.connect("checkedNodesChanged()", self.updateButtons)
+        self.ui.segmentAllVolumesSelector.connect("checkedNodesChanged()", self.updateButtons)
         # Not bound through SlicerParameterName (their items change at run time): synced by hand.
         self.ui.modelComboBox.connect("currentTextChanged(QString)", lambda text: self._setParameter("model", text))
         self.ui.finetuneInitComboBox.connect(
@@ -224,6 +226,7 @@ class VoCoSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._run is not None:
             return
         self.ui.segmentButton.enabled = bool(parameters.inputVolume and parameters.model)
+        self.ui.segmentAllButton.enabled = bool(self.ui.segmentAllVolumesSelector.checkedNodes() and parameters.model)
         self.ui.finetuneButton.enabled = bool(
             self.ui.trainingSegmentationsSelector.checkedNodes() and _chosenPath(parameters.finetuneOutputFolder)
         )
@@ -352,6 +355,16 @@ class VoCoSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             callbacks=self._callbacks(self.onSegmented),
         )
 
+    def startSegmentAll(self) -> BackendRun:
+        """Segment every checked volume with the chosen model in one backend run."""
+        parameters = self._parameterNode
+        return self.logic.startSegmentAll(
+            self.ui.segmentAllVolumesSelector.checkedNodes(),
+            parameters.model,
+            device=parameters.device,
+            callbacks=self._callbacks(self.onSegmentedAll),
+        )
+
     def startFinetune(self) -> BackendRun:
         """Fine-tune on the checked segmentations, each with the volume it was drawn on."""
         parameters = self._parameterNode
@@ -442,6 +455,10 @@ class VoCoSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if parameters.show3D:
             outcome.output.CreateClosedSurfaceRepresentation()
         slicer.util.setSliceViewerLayers(background=parameters.inputVolume)
+
+    def onSegmentedAll(self, outcome: RunOutcome) -> None:
+        """Say how many segmentations were made (each is filed beside its volume)."""
+        self.ui.statusLabel.text = f"Done: {len(outcome.output)} segmentations, one beside each volume."
 
     def onFinetuned(self, outcome: RunOutcome) -> None:
         """Offer the new model for segmentation, by the name it was registered under."""

@@ -8,12 +8,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import slicer
+import vtk
 from VoCoSlicerLib import BackendError, VoCoSlicerLogic
 from VoCoSlicerLib.labelClasses import LabelClass
 from VoCoSlicerLib.logic import RunCallbacks
 from VoCoSlicerLib.sceneIO import segmentNames
+from vtk.util import numpy_support
 
 pytestmark = pytest.mark.slow
 
@@ -98,3 +101,44 @@ def test_cancel_a_real_finetune_mid_run(scene, nodeIds, ctVolume, manualSegmenta
     assert (outcome.message, outcome.output) == ("cancelled", None)
     assert not pidAlive(run.pid)
     assert nodeIds(scene) == before
+
+
+def test_segment_all_imports_every_volume_it_could_and_names_the_one_it_could_not(
+    scene, ctVolume, chestCtFiles, tinyModel: dict[str, Any]
+) -> None:
+    from conftest import loadVolume
+
+    second = loadVolume(scene, chestCtFiles["ct"])
+    sheared = loadVolume(scene, chestCtFiles["ct"])
+    sheared.SetName("sheared chest")
+    matrix = vtk.vtkMatrix4x4()
+    sheared.GetIJKToRASMatrix(matrix)
+    matrix.SetElement(0, 1, matrix.GetElement(1, 1) * 0.5)  # a sheared grid: the backend refuses it (bad data)
+    sheared.SetIJKToRASMatrix(matrix)
+    before = scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+    outcome = (
+        VoCoSlicerLogic().startSegmentAll([ctVolume, sheared, second], str(tinyModel["modelDir"]), device="cpu").wait()
+    )
+    assert outcome.exitCode == 3
+    assert outcome.message.startswith(f"1 of 3 volumes failed, the others are segmented: '{sheared.GetName()}': ")
+    assert "not orthonormal" in outcome.message and "\n" not in outcome.message
+    nodes = outcome.output
+    assert len(nodes) == 2 and scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == before + 2
+    names = [c.name for c in tinyModel["classes"]]
+    geometry = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+    for node, volume in zip(nodes, (ctVolume, second), strict=True):
+        assert segmentNames(node) == names
+        expected = slicer.vtkMRMLSegmentationNode()
+        expected.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+        wanted = expected.GetSegmentation().GetConversionParameter(geometry)
+        assert node.GetSegmentation().GetConversionParameter(geometry) == wanted
+    alone = VoCoSlicerLogic().segment(second, str(tinyModel["modelDir"]), device="cpu")  # one by one: the same
+    for name in names:
+        labelmaps = []
+        for node in (nodes[1], alone):
+            labelmap = slicer.vtkOrientedImageData()
+            node.GetBinaryLabelmapRepresentation(node.GetSegmentation().GetSegmentIdBySegmentName(name), labelmap)
+            scalars = labelmap.GetPointData().GetScalars()
+            voxels = numpy_support.vtk_to_numpy(scalars) if scalars is not None else np.zeros(0)
+            labelmaps.append((labelmap.GetExtent(), np.flatnonzero(voxels).tolist()))
+        assert labelmaps[0] == labelmaps[1], name

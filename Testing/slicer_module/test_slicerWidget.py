@@ -162,6 +162,28 @@ def test_backend_panels_remote_host_sends_runs_over_ssh_and_keeps_the_model_list
     widget.cleanup()
 
 
+@pytest.mark.slow
+def test_segment_all_checked_makes_one_segmentation_per_volume(module, scene, ctVolume, chestCtFiles, tinyModel):
+    from conftest import loadVolume
+
+    widget = _widget(module, module.app.qt)
+    second = loadVolume(scene, chestCtFiles["ct"])
+    widget._parameterNode.model = str(tinyModel["modelDir"])  # a model folder, as "Add folder…" gives
+    widget._parameterNode.device = "cpu"
+    assert not widget.ui.segmentAllButton.enabled  # nothing checked yet
+    widget.ui.segmentAllVolumesSelector.setCheckedNodes([ctVolume, second])
+    assert widget.ui.segmentAllButton.enabled
+    before = scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+    widget.ui.segmentAllButton.click()
+    assert widget.ui.segmentAllButton.text == "Cancel" and not widget.ui.segmentButton.enabled
+    _runUntilDone(widget, timeout=900)
+    assert module.app.errors == []
+    assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == before + 2
+    assert widget.ui.statusLabel.text == "Done: 2 segmentations, one beside each volume."
+    assert widget.ui.segmentAllButton.text == "Segment all checked" and widget.ui.segmentAllButton.enabled
+    widget.cleanup()
+
+
 def test_tutorial_fine_tune_pairs_the_segment_editors_source_volume(
     module, scene, chestCtFiles, ctVolume, fakeBackend, tmp_path
 ) -> None:

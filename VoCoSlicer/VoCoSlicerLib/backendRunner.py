@@ -25,13 +25,14 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import IO, Any, Protocol
 
+EXIT_BAD_DATA = 3
 EXIT_OUT_OF_MEMORY = 4
 EXIT_CANCELLED = 130
 CANCEL_FILE_VARIABLE = "VOCO_CANCEL_FILE"  # docs/PROTOCOL.md: the backend cancels once this file exists
 EXIT_MESSAGES = {
     1: "internal error in the backend",
     2: "bad usage or configuration",
-    3: "bad input data",
+    EXIT_BAD_DATA: "bad input data",
     EXIT_OUT_OF_MEMORY: "out of memory",
     EXIT_CANCELLED: "cancelled",
 }

@@ -27,6 +27,7 @@ import vtk
 
 from VoCoSlicerLib.backendEnvironment import BackendEnvironment
 from VoCoSlicerLib.backendRunner import (
+    EXIT_BAD_DATA,
     BackendError,
     BackendRun,
     BackendRunner,
@@ -37,7 +38,12 @@ from VoCoSlicerLib.backendRunner import (
 )
 from VoCoSlicerLib.labelClasses import classesFromResult
 from VoCoSlicerLib.modelCatalogue import ModelCatalogue
-from VoCoSlicerLib.parameters import FinetuneParameters, PretrainParameters, SegmentParameters
+from VoCoSlicerLib.parameters import (
+    FinetuneParameters,
+    PretrainParameters,
+    SegmentAllParameters,
+    SegmentParameters,
+)
 from VoCoSlicerLib.sceneIO import (
     GEOMETRY_TOLERANCE,
     exportTrainingLabels,
@@ -200,6 +206,54 @@ class VoCoSlicerLogic:
         """:meth:`startSegment` (same arguments), waited for: the segmentation node."""
         return _wait(self.startSegment(*args, **kwargs))
 
+    def startSegmentAll(
+        self,
+        volumeNodes: Sequence[slicer.vtkMRMLScalarVolumeNode],
+        model: str,
+        device: str = "auto",
+        callbacks: RunCallbacks | None = None,
+    ) -> BackendRun:
+        """Start segmenting every volume of ``volumeNodes`` with ``model``, loaded once (one backend process).
+
+        Returns:
+            The run; its ``outcome.output`` is the list of new segmentation nodes, one per volume that was
+            segmented, in order. When some volumes fail the others are still imported: the outcome is then not
+            ``ok`` and its message names the first failure.
+        """
+        if not volumeNodes:
+            raise ValueError("check at least one volume to segment")
+        modelName = Path(model).name
+
+        def prepare(workDir: Path) -> list[str]:
+            inputs = [exportVolume(node, workDir / f"volume{index}.nrrd") for index, node in enumerate(volumeNodes)]
+            return SegmentAllParameters(
+                model=model, inputPaths=tuple(inputs), outputDir=str(workDir / "out"), device=device
+            ).toArgv()
+
+        def complete(outcome: RunOutcome, workDir: Path) -> list[slicer.vtkMRMLSegmentationNode]:
+            failed = {Path(f.get("input", "")).name: f.get("message", "") for f in outcome.result.get("failed", [])}
+            if failed:  # the backend names its temporary files: the user knows the volumes
+                names = [node.GetName() for index, node in enumerate(volumeNodes) if f"volume{index}.nrrd" in failed]
+                first = next(iter(failed.values()))
+                outcome.message = (
+                    f"{len(failed)} of {len(volumeNodes)} volumes failed, the others are segmented: "
+                    f"{', '.join(repr(n) for n in names)}: {first}"
+                )
+            if "classes" not in outcome.result:  # nothing was segmented
+                return []
+            classes = classesFromResult(outcome.result)
+            return [
+                importSegmentation(label, node, classes, modelName)
+                for index, node in enumerate(volumeNodes)
+                if (label := workDir / "out" / f"volume{index}_seg.nrrd").exists()
+            ]
+
+        return self._start("segment", prepare, complete, callbacks, completeFailed=True)
+
+    def segmentAll(self, *args: Any, **kwargs: Any) -> list[slicer.vtkMRMLSegmentationNode]:
+        """:meth:`startSegmentAll` (same arguments), waited for: the new segmentation nodes."""
+        return _wait(self.startSegmentAll(*args, **kwargs))
+
     def startFinetune(
         self,
         volumeNodes: Sequence[slicer.vtkMRMLScalarVolumeNode],
@@ -299,15 +353,17 @@ class VoCoSlicerLogic:
         prepare: Callable[[Path], list[str]],
         complete: Callable[[RunOutcome, Path], Any],
         callbacks: RunCallbacks | None,
+        completeFailed: bool = False,
     ) -> BackendRun:
         """Write the inputs to a temporary folder and start the backend; its outcome becomes the result, then the
-        folder is removed. Inside Slicer a Qt timer polls the run."""
+        folder is removed. Inside Slicer a Qt timer polls the run. ``completeFailed``: also take what a failed run
+        finished (bad data in some volumes of a batch, exit 3), keeping the failure's message."""
         callbacks = callbacks or RunCallbacks()
         workDir = Path(tempfile.mkdtemp(prefix=f"VoCoSlicer-{name}-"))
 
         def finished(outcome: RunOutcome) -> None:
             try:
-                if outcome.ok:
+                if outcome.ok or (completeFailed and outcome.exitCode == EXIT_BAD_DATA):
                     outcome.output = complete(outcome, workDir)
             except Exception as exc:  # the callback boundary: any failure becomes the run's one-line message
                 outcome.message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

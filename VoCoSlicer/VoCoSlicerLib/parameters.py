@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 DEVICES = ("auto", "cpu", "cuda")
 MODEL_SIZES = ("tiny", "B", "L", "H")
@@ -42,6 +43,21 @@ def _optional(flag: str, value: object) -> list[str]:
     return [] if value is None else [flag, str(value)]
 
 
+def _checkSegmentOptions(parameters: Any) -> None:
+    """The checks a one-CT and a several-CT segment share: the model, the device, the overlap."""
+    if not parameters.model:
+        raise ParameterError("model must name a model folder or a catalogue model")
+    _checkChoice("device", parameters.device, DEVICES)
+    if parameters.overlap is not None and not 0.0 <= parameters.overlap <= MAX_OVERLAP:
+        raise ParameterError(f"overlap must be in [0, {MAX_OVERLAP}], got {parameters.overlap}")
+
+
+def _segmentOptionsArgv(parameters: Any) -> list[str]:
+    """``--device``, ``--overlap`` and ``--tta`` of a segment run."""
+    argv = ["--device", parameters.device, *_optional("--overlap", parameters.overlap)]
+    return [*argv, "--tta"] if parameters.tta else argv
+
+
 @dataclasses.dataclass(frozen=True)
 class SegmentParameters:
     """``segment``: a model applied to one CT, writing a label map on the CT's grid."""
@@ -54,33 +70,42 @@ class SegmentParameters:
     tta: bool = False
 
     def __post_init__(self) -> None:
-        if not self.model:
-            raise ParameterError("model must name a model folder or a catalogue model")
+        _checkSegmentOptions(self)
         if not self.inputPath:
             raise ParameterError("inputPath must not be empty")
         if not self.outputPath.lower().endswith(LABEL_SUFFIXES):
             raise ParameterError(
                 f"outputPath must end with one of {', '.join(LABEL_SUFFIXES)}, got '{self.outputPath}'"
             )
-        _checkChoice("device", self.device, DEVICES)
-        if self.overlap is not None and not 0.0 <= self.overlap <= MAX_OVERLAP:
-            raise ParameterError(f"overlap must be in [0, {MAX_OVERLAP}], got {self.overlap}")
 
     def toArgv(self) -> list[str]:
         """The backend arguments after ``python -m voco_backend``."""
-        argv = [
-            "segment",
-            "--model",
-            self.model,
-            "--input",
-            self.inputPath,
-            "--output",
-            self.outputPath,
-            "--device",
-            self.device,
-            *_optional("--overlap", self.overlap),
-        ]
-        return [*argv, "--tta"] if self.tta else argv
+        head = ["segment", "--model", self.model, "--input", self.inputPath, "--output", self.outputPath]
+        return [*head, *_segmentOptionsArgv(self)]
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentAllParameters:
+    """``segment`` of several CTs with one model load: a label map per CT in ``outputDir`` (``<name>_seg.nrrd``)."""
+
+    model: str
+    inputPaths: tuple[str, ...]
+    outputDir: str
+    device: str = "auto"
+    overlap: float | None = None
+    tta: bool = False
+
+    def __post_init__(self) -> None:
+        _checkSegmentOptions(self)
+        if not self.inputPaths or not all(self.inputPaths):
+            raise ParameterError("inputPaths must name at least one CT, none empty")
+        if not self.outputDir:
+            raise ParameterError("outputDir must not be empty")
+
+    def toArgv(self) -> list[str]:
+        """The backend arguments after ``python -m voco_backend``."""
+        head = ["segment", "--model", self.model, "--input", *self.inputPaths, "--output-dir", self.outputDir]
+        return [*head, "--output-suffix", ".nrrd", *_segmentOptionsArgv(self)]
 
 
 @dataclasses.dataclass(frozen=True)
