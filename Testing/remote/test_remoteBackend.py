@@ -105,6 +105,21 @@ def test_remote_segment_on_real_ct_matches_a_local_run(sshd, tinyModel, shared_d
 
 
 @pytest.mark.slow
+def test_a_remote_batch_with_one_broken_volume_brings_the_others_back(sshd, tinyModel, shared_data, tmp_path):
+    ct = shared_data / "ibsi_sts" / "STS_003_CT_image.nii.gz"
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"not an image")
+    out = tmp_path / "out"
+    argv = ["segment", "--model", str(tinyModel), "--input", str(ct), str(broken), "--output-dir", str(out)]
+    outcome = RemoteBackendRunner(sshd.remoteHost()).start(argv).wait()
+    assert outcome.exitCode == 3 and "1 of 2 volumes failed, the others are done" in outcome.message
+    assert outcome.result["outputs"] == [str(out / "STS_003_CT_image_seg.nii.gz")]  # the host's path mapped here
+    got, image = sitk.ReadImage(str(out / "STS_003_CT_image_seg.nii.gz")), sitk.ReadImage(str(ct))
+    assert got.GetSize() == image.GetSize()
+    assert runDirs(sshd) == []
+
+
+@pytest.mark.slow
 def test_remote_finetune_cancel_leaves_a_resumable_checkpoint_on_the_host(sshd, shared_data, encoder, tmp_path):
     out = tmp_path / "remote_model"
     argv = [*finetuneArgs(shared_data / "ibsi_sts", encoder, 3), "--out", str(out)]

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from VoCoSlicerLib.backendRunner import (
+    EXIT_BAD_DATA,
     EXIT_CANCELLED,
     STDERR_TAIL_LINES,
     EventRun,
@@ -210,7 +211,7 @@ def planRun(argv: Sequence[str], host: RemoteHost) -> RemotePlan:
             remoteArgv.append(remotePath)
         elif _looksLikePath(token):
             local = Path(token).resolve()
-            name = f"{len(uploads)}_{local.name}"
+            name = f"{len(uploads)}/{local.name}"  # own folder: the file keeps its name (batch outputs follow it)
             uploads.append((local, name))
             remoteArgv.append(f"in/{name}")
         else:
@@ -370,8 +371,11 @@ class RemoteBackendRun(EventRun):
                     " (start the run again with resume to continue)"
                 )
             message = self._failureMessage(exitCode)
-            # a training run's folder may hold the checkpoint of an earlier try: it stays for resume
-            return (exitCode, message) if plan.training else self._cleanUp(exitCode, message)
+            if plan.training:  # its folder may hold the checkpoint of an earlier try: it stays for resume
+                return exitCode, message
+            if exitCode == EXIT_BAD_DATA and self.remotePid is not None:
+                self._fetchOutputs()  # a batch's other volumes are done: bring them back (best effort)
+            return self._cleanUp(exitCode, message)
         fetched = self._fetchOutputs()
         if fetched is not None:
             return fetched
