@@ -303,33 +303,27 @@ class QPlainTextEdit(QWidget):
         self.lines.clear()
 
 
+def _textProperty(store: str, signal: str) -> property:
+    """A text property that emits ``signal`` with the new text when it changes (as Qt's line edits do)."""
+
+    def read(self: QWidget) -> str:
+        return getattr(self, store, "")
+
+    def write(self: QWidget, value: str) -> None:
+        if str(value) != read(self):
+            setattr(self, store, str(value))
+            getattr(self, signal).emit(str(value))
+
+    return property(read, write)
+
+
 class QLineEdit(QWidget):
-    _text = ""
     placeholderText = ""
-
-    @property
-    def text(self) -> str:
-        return self._text
-
-    @text.setter
-    def text(self, value: str) -> None:
-        if str(value) != self._text:
-            self._text = str(value)
-            self.textChanged.emit(self._text)
+    text = _textProperty("_text", "textChanged")
 
 
 class ctkPathLineEdit(QWidget):
-    _path = ""
-
-    @property
-    def currentPath(self) -> str:
-        return self._path
-
-    @currentPath.setter
-    def currentPath(self, path: str) -> None:
-        if str(path) != self._path:
-            self._path = str(path)
-            self.currentPathChanged.emit(self._path)
+    currentPath = _textProperty("_path", "currentPathChanged")
 
 
 class qMRMLNodeComboBox(QWidget):
