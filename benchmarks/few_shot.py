@@ -85,7 +85,9 @@ def finetune(
         init=init,
         steps=UNLIMITED_STEPS if args.budget_minutes else args.steps,
         max_minutes=args.budget_minutes,
-        warmup_steps=min(args.steps // 10, 50),
+        warmup_steps=args.warmup_steps if args.warmup_steps is not None else min(args.steps // 10, 50),
+        window_from_labels=args.window_from_labels,
+        **({"lr": args.lr} if args.lr else {}),
         val_every=args.val_every,
         checkpoint_every=UNLIMITED_STEPS if args.budget_minutes else args.steps,
         model_size=args.model_size,
@@ -139,7 +141,7 @@ def steps_to_reach(curves: list[list[dict]], target: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared real-CT folder")
-    parser.add_argument("--encoder", required=True, help="encoder.pt of a VoCo pretraining run (our pretrain)")
+    parser.add_argument("--encoder", help="encoder.pt of a VoCo pretraining run (our pretrain): the voco row")
     parser.add_argument("--official", help="an official VoCo checkpoint or catalogue name of the same size")
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 3, 5], help="labelled training cases")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -151,6 +153,20 @@ def main() -> None:
         help="a wall-clock training budget for every row instead of --steps (0: steps decide)",
     )
     parser.add_argument("--nnunet-python", help="python of a virtual environment with nnunetv2: adds its row")
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        choices=["scratch", "voco", "official", "nnunet"],
+        help="the rows to run (default: scratch, voco, and official/nnunet when given); several processes "
+        "with one row each run side by side under the same load",
+    )
+    parser.add_argument("--lr", type=float, help="peak learning rate of our rows (default: finetune's)")
+    parser.add_argument("--warmup-steps", type=int, help="warm-up steps of our rows (default: steps // 10, <= 50)")
+    parser.add_argument(
+        "--window-from-labels",
+        action="store_true",
+        help="our rows window the training labels' 0.5-99.5 HU percentiles (finetune --window-from-labels)",
+    )
     parser.add_argument("--val-every", type=int, default=10)
     parser.add_argument("--val-cases", type=int, default=4, help="the last N cases by name are the validation set")
     parser.add_argument("--model-size", default="tiny")
@@ -161,13 +177,26 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="folder for the model folders (default: a temporary one)")
     args = parser.parse_args()
 
-    if args.nnunet_python and not args.budget_minutes:
-        parser.error("the nnU-Net row needs --budget-minutes (the same wall-clock budget for every row)")
     cases = sts_cases(args.data)
     val, pool = cases[-args.val_cases :], cases[: -args.val_cases]
     if max(args.shots) > len(pool):
         parser.error(f"--shots up to {len(pool)} with --val-cases {args.val_cases} ({len(cases)} cases)")
-    inits = {"scratch": "none", "voco": args.encoder, **({"official": args.official} if args.official else {})}
+    rows = args.rows or [
+        "scratch",
+        "voco",
+        *(["official"] if args.official else []),
+        *(["nnunet"] if args.nnunet_python else []),
+    ]
+    if "voco" in rows and not args.encoder:
+        parser.error("the voco row needs --encoder")
+    if "official" in rows and not args.official:
+        parser.error("the official row needs --official")
+    if "nnunet" in rows and not args.nnunet_python:
+        parser.error("the nnunet row needs --nnunet-python")
+    if "nnunet" in rows and not args.budget_minutes:
+        parser.error("the nnU-Net row needs --budget-minutes (the same wall-clock budget for every row)")
+    sources = {"scratch": "none", "voco": args.encoder, "official": args.official}
+    inits = {name: sources[name] for name in rows if name in sources}
     work = args.work or Path(tempfile.mkdtemp(prefix="few_shot_"))
     curves: dict[tuple[int, str], list[list[dict]]] = {}
     patients: dict[tuple[int, str], list[list[float]]] = {}
@@ -178,7 +207,7 @@ def main() -> None:
                 curves.setdefault((shots, name), []).append(finetune(pool[:shots], val, init, seed, out, args))
                 patients.setdefault((shots, name), []).append(dice_per_patient(out, val, args.device))
                 report_run(shots, name, seed, patients[shots, name][-1])
-        if args.nnunet_python:
+        if "nnunet" in rows:
             from nnunet_peer import nnunet_dice_per_patient
 
             budget_s = args.budget_minutes * 60
@@ -193,24 +222,26 @@ def main() -> None:
     budget = f"{args.budget_minutes:g} min of training" if args.budget_minutes else f"{args.steps} steps"
     print(
         f"\nfew_shot: STS, validation on {', '.join(i.name[:7] for i, _ in val)}; {args.model_size}, "
-        f"{budget}, roi {args.roi}, spacing {args.spacing}, seeds {args.seeds}, device {args.device}\n"
+        f"{budget}, roi {args.roi}, spacing {args.spacing}, lr {args.lr or 'default'}, window "
+        f"{'from labels' if args.window_from_labels else 'default'}, seeds {args.seeds}, device {args.device}\n"
     )
-    names = [*inits, *(["nnU-Net v2"] if args.nnunet_python else [])]
+    names = [*inits, *(["nnU-Net v2"] if "nnunet" in rows else [])]
     print(
         "| shots | init | Dice per validation patient (seed mean) | mean ± sd over seeds | vs scratch "
         "| steps to scratch's final val Dice |"
     )
     print("|---|---|---|---|---|---|")
     for shots in args.shots:
-        scratch = statistics.mean(mean_of(d) for d in patients[shots, "scratch"])
+        scratch_rows = patients.get((shots, "scratch"))
+        scratch = statistics.mean(mean_of(d) for d in scratch_rows) if scratch_rows else float("nan")
         for name in names:
             per_seed = patients[shots, name]
             per_patient = [mean_of(list(col)) for col in zip(*per_seed, strict=True)]
             means = [mean_of(d) for d in per_seed]
-            ratio = statistics.mean(means) / scratch if scratch > 0 else float("nan")
+            ratio = statistics.mean(means) / scratch if scratch > 0 else float("nan")  # nan: no scratch row
             if name == "scratch":
                 reach = "(reference)"
-            elif (shots, name) in curves:
+            elif (shots, name) in curves and scratch_rows:
                 scratch_val = statistics.mean(c[-1]["dice"] for c in curves[shots, "scratch"])
                 reach = steps_to_reach(curves[shots, name], scratch_val)
             else:

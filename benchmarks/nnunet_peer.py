@@ -35,6 +35,7 @@ import os
 import random
 import time
 
+import numpy as np
 import torch
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer

@@ -8,11 +8,16 @@ Usage: ``python fake_backend.py SCENARIO <backend argv ...>``. Scenarios:
     hang      starts a grandchild, reports its pid in a progress event, then waits; SIGTERM exits 130
               (a cooperative cancel).
     stubborn  like hang but ignores SIGTERM, so only SIGKILL stops it.
+    garbage   lines that only look like events (broken JSON, invalid UTF-8, a JSON list, an unknown event, a
+              megabyte-long line), then as ``ok``.
+    killed    a progress event, then the process kills itself with SIGKILL (the kernel's OOM killer, a user).
+    nooutput  reports a result and exits 0 but writes no output file.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -45,6 +50,20 @@ def main() -> int:
     scenario, argv = sys.argv[1], sys.argv[2:]
     command = argv[0]
     print("a library's stray print, not JSON", flush=True)
+    if scenario == "garbage":
+        print('{"event": "progress", "step": 1,', flush=True)
+        sys.stdout.buffer.write(b'{"event": "log", "message": "\xff\xfe bytes that are not UTF-8"}\n')
+        sys.stdout.buffer.flush()
+        print('["event", "progress"]', flush=True)
+        emit("telemetry", step=5)
+        print("{" + "x" * 1_000_000, flush=True)
+        scenario = "ok"
+    if scenario == "killed":
+        emit("progress", stage=command, step=1, total=10, eta_s=None)
+        os.kill(os.getpid(), signal.SIGKILL)
+    if scenario == "nooutput":
+        emit("result", argv=argv, classes=[{"name": "liver", "value": 2, "color": [1.0, 0.0, 0.0]}])
+        return 0
     if scenario == "ok":
         for step in range(1, 4):
             emit("progress", stage=command, step=step, total=3, eta_s=None, loss=1.0 / step)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +33,37 @@ def test_a_backend_failure_is_one_line_and_leaves_the_scene_as_it_was(scene, nod
     assert str(error.value) == "bad input data: /data/ct.nrrd: cannot read the image (truncated file)"
     assert error.value.outcome.exitCode == 3
     assert nodeIds(scene) == before
+
+
+def test_lines_that_only_look_like_events_are_ignored_and_the_run_still_succeeds(scene, ctVolume, fakeBackend) -> None:
+    progress, logs = [], []
+    logic = VoCoSlicerLogic(runner=BackendRunner(fakeBackend("garbage")))
+    callbacks = RunCallbacks(onProgress=progress.append, onLog=logs.append)
+    segmentationNode = logic.segment(ctVolume, MODEL, device="cpu", callbacks=callbacks)
+    assert segmentNames(segmentationNode) == ["liver", "right lung"]
+    assert [e["step"] for e in progress] == [1, 2, 3]
+    # The undecodable bytes arrive replaced (U+FFFD), not as an exception in the reader.
+    assert any("\ufffd" in line and "bytes that are not UTF-8" in line for line in logs)
+
+
+@pytest.mark.parametrize(
+    ("scenario", "expected"),
+    [
+        ("killed", "the backend was stopped by signal 9"),
+        ("nooutput", "cannot read the segmentation result"),
+    ],
+)
+def test_a_backend_that_dies_or_writes_nothing_is_one_line_and_leaves_the_scene_as_it_was(
+    scene, nodeIds, ctVolume, fakeBackend, scenario: str, expected: str
+) -> None:
+    before = nodeIds(scene)
+    workDirs = set(Path(tempfile.gettempdir()).glob("VoCoSlicer-segment-*"))
+    logic = VoCoSlicerLogic(runner=BackendRunner(fakeBackend(scenario)))
+    with pytest.raises(BackendError) as error:
+        logic.segment(ctVolume, MODEL)
+    assert expected in str(error.value) and "\n" not in str(error.value)
+    assert nodeIds(scene) == before
+    assert set(Path(tempfile.gettempdir()).glob("VoCoSlicer-segment-*")) == workDirs  # its files are gone too
 
 
 def test_cancel_mid_run_stops_the_process_tree_and_leaves_the_scene(

@@ -55,8 +55,9 @@ class FinetuneConfig:
     steps: int = field(200, help="optimiser steps (a resumed run continues up to this count)")
     max_minutes: float = field(
         0.0,
-        help="training time budget in minutes (0: none): stop at the first step boundary after it, validate and "
-        "keep the best model; a resumed run counts its earlier time",
+        help="training time budget in minutes (0: none): the learning rate decays (cosine) over it, training stops "
+        "at the first step boundary after it, validates and keeps the best model; a resumed run counts its "
+        "earlier time",
     )
     crops: str = field(
         "classes",
@@ -84,6 +85,11 @@ class FinetuneConfig:
         help="HU window mapped to [0, 1] (low high) (default: the --init encoder's recommended one, e.g. -175 250 "
         "for the official VoCo encoders, else -1000 1000)",
         nargs=2,
+    )
+    window_from_labels: bool = field(
+        False,
+        help="window the 0.5–99.5 percentiles of the HU under the training labels (nnU-Net's CT normalisation) "
+        "instead of --window; for training from scratch",
     )
     name: str | None = field(None, help="model name in model.json (default: the folder name)")
     resume: bool = field(False, help="continue MODEL_DIR/checkpoint_last.pt")
@@ -129,6 +135,8 @@ class FinetuneConfig:
         check_range("warmup_steps", self.warmup_steps, 0, self.steps)
         if self.spacing is not None and min(self.spacing) <= 0:
             raise UsageError(f"field 'spacing' must be three positive numbers (mm), got {self.spacing}")
+        if self.window is not None and self.window_from_labels:
+            raise UsageError("give either field 'window' or field 'window_from_labels', not both")
         if self.window is not None and self.window[0] >= self.window[1]:
             raise UsageError(f"field 'window' must be two numbers low < high (HU), got {self.window}")
 

@@ -42,6 +42,7 @@ from voco_backend.pretrain.losses import voco_loss
 from voco_backend.pretrain.run_log import RunLog
 from voco_backend.protocol import Reporter
 from voco_backend.resume import LAST_CHECKPOINT, rng_state, set_rng_state
+from voco_backend.run_lock import run_folder_lock
 from voco_backend.weights import export_encoder, load_pretrained
 
 # The EMA teacher's encoder of a whole-network teacher (10k recipe), in the same flat 145-key layout.
@@ -197,16 +198,19 @@ def _train(config: PretrainConfig, ctx: DistContext, reporter: Reporter, cancel:
     _check_run_dir(config, run_dir)
     volumes, valid = _prepare_data(config, ctx, reporter, cancel)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if ctx.is_main:
-        remove_orphans(run_dir)  # temporary files of a killed run
-    resumed = load_checkpoint(run_dir / LAST_CHECKPOINT) if config.resume else None
-    if resumed is not None:
-        _resume_merge_order(config, resumed, run_dir, reporter)
-    run = PretrainRun(config, ctx, reporter)
-    if resumed is not None:
-        run.resume(resumed, reporter)
-    run.run(volumes, valid, reporter, cancel)
-    return run.result(len(valid))
+    # The main rank writes the run folder: it holds the folder's lock, and checks it again under the lock.
+    with run_folder_lock(run_dir) if ctx.is_main else contextlib.nullcontext():
+        if ctx.is_main:
+            _check_run_dir(config, run_dir)
+            remove_orphans(run_dir)  # temporary files of a killed run
+        resumed = load_checkpoint(run_dir / LAST_CHECKPOINT) if config.resume else None
+        if resumed is not None:
+            _resume_merge_order(config, resumed, run_dir, reporter)
+        run = PretrainRun(config, ctx, reporter)
+        if resumed is not None:
+            run.resume(resumed, reporter)
+        run.run(volumes, valid, reporter, cancel)
+        return run.result(len(valid))
 
 
 def _resume_merge_order(config: PretrainConfig, resumed: dict, run_dir: Path, reporter: Reporter) -> None:

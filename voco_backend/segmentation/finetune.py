@@ -61,6 +61,15 @@ class Schedule:
         return cls(**{name: getattr(config, name) for name in names}, max_seconds=config.max_minutes * 60.0)
 
 
+def budget_lr_scale(seconds: float, max_seconds: float) -> float:
+    """The cosine decay over a time budget: 1 at its start, 0 at its end.
+
+    Under ``--max-minutes`` the step count is only a cap, so a step-based cosine would barely decay before the
+    budget ends; the learning rate of each step is the lower of the step schedule's and this one's.
+    """
+    return 0.5 * (1.0 + math.cos(math.pi * min(seconds / max_seconds, 1.0)))
+
+
 @dataclasses.dataclass
 class Progress:
     """What the run has done so far (saved in ``checkpoint_last.pt`` and reported in ``model.json``)."""
@@ -129,6 +138,7 @@ class FineTuner:
             info.roi, schedule.batch_size, schedule.mirror_left_right, info.out_channels, schedule.crops
         )
         self.progress = Progress()
+        self.lr = schedule.lr  # the learning rate of the last step
 
     @property
     def last_path(self) -> Path:
@@ -206,6 +216,11 @@ class FineTuner:
         if not math.isfinite(value):
             raise DataError(f"the loss became {value} at step {self.progress.step + 1}; lower --lr")
         self.scaler.scale(loss).backward()
+        if self.schedule.max_seconds:
+            scale = budget_lr_scale(self.progress.seconds, self.schedule.max_seconds)
+            for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True):
+                group["lr"] = min(group["lr"], base * scale)
+        self.lr = self.optimizer.param_groups[0]["lr"]
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -266,7 +281,7 @@ class FineTuner:
                 p.step,
                 s.steps,
                 loss=round(p.losses[-1], 4),
-                lr=self.scheduler.get_last_lr()[0],
+                lr=self.lr,
                 **budget,
             )
             out_of_time = bool(s.max_seconds) and p.seconds >= s.max_seconds

@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+import SimpleITK as sitk
 import torch
 from torch import nn
 
@@ -24,16 +26,18 @@ from voco_backend.memory_guard import StepShape, check_step_memory
 from voco_backend.networks import build_swinunetr, feature_size_of
 from voco_backend.protocol import Reporter
 from voco_backend.resume import LAST_CHECKPOINT
+from voco_backend.run_lock import run_folder_lock
 from voco_backend.segmentation.finetune import FineTuner, Schedule
 from voco_backend.segmentation.labels import SegmentClass, class_table
 from voco_backend.segmentation.model_folder import MODEL_PT, ModelInfo
-from voco_backend.segmentation.training_data import Case, build_cases, read_labelled, split_cases
+from voco_backend.segmentation.training_data import Case, LabelledImage, build_cases, read_labelled, split_cases
 
 if TYPE_CHECKING:
     from voco_backend.commands.finetune import FinetuneConfig
 
 DEFAULT_SPACING = (1.5, 1.5, 1.5)
 DEFAULT_WINDOW = (-1000.0, 1000.0)
+FOREGROUND_PERCENTILES = (0.5, 99.5)
 
 
 def recipe_from_init(
@@ -104,13 +108,38 @@ def _check_memory(config: FinetuneConfig, model: nn.Module, device: torch.device
     check_step_memory(shape, device, 1, advice)
 
 
+def read_pairs(config: FinetuneConfig, cancel: CancelToken) -> tuple[list[LabelledImage], list[LabelledImage]]:
+    """The training and validation image/label pairs as read (each label checked against its image's grid)."""
+    return read_labelled(config.images, config.labels, cancel), read_labelled(
+        config.val_images, config.val_labels, cancel
+    )
+
+
+def foreground_window(pairs: list[LabelledImage]) -> tuple[float, float]:
+    """The 0.5 and 99.5 percentiles of the HU under the training labels' foreground: nnU-Net's CT normalisation.
+
+    nnU-Net clips CT to these percentiles of the foreground intensities of its training set (then z-scores);
+    the window maps the same range linearly to [0, 1], which differs from it by an affine map only.
+    """
+    values = np.concatenate(
+        [sitk.GetArrayViewFromImage(p.image)[sitk.GetArrayViewFromImage(p.label) > 0].astype(np.float64) for p in pairs]
+    )
+    low, high = (float(v) for v in np.percentile(values, FOREGROUND_PERCENTILES))
+    if high <= low:  # a constant foreground: keep a 1 HU wide window around it
+        low, high = low - 0.5, low + 0.5
+    return low, high
+
+
 def read_cases(
-    config: FinetuneConfig, recipe: Recipe, reporter: Reporter, cancel: CancelToken
+    config: FinetuneConfig,
+    pairs: tuple[list[LabelledImage], list[LabelledImage]],
+    recipe: Recipe,
+    reporter: Reporter,
+    cancel: CancelToken,
 ) -> tuple[list[SegmentClass], list[Case], list[Case]]:
     """The class table and the training and validation cases: ``--val-images``, else a held-back share, else
     (too few cases) the training cases themselves, with a warning."""
-    train_pairs = read_labelled(config.images, config.labels, cancel)
-    val_pairs = read_labelled(config.val_images, config.val_labels, cancel)
+    train_pairs, val_pairs = pairs
     classes, class_source = class_table(
         config.classes, config.color_table, [p.label for p in train_pairs], config.labels
     )
@@ -129,21 +158,33 @@ def read_cases(
     return classes, train_cases, val_cases
 
 
+def _check_folder(config: FinetuneConfig, folder: Path) -> None:
+    """A run without --resume does not start over an earlier run's checkpoint."""
+    if not config.resume and (folder / LAST_CHECKPOINT).exists():
+        raise UsageError(
+            "already holds a fine-tuning run: add --resume to continue it, or choose another --out", file=folder
+        )
+
+
 def train(config: FinetuneConfig, reporter: Reporter, cancel: CancelToken) -> dict:
     """Read and check the data, initialise the network and train; returns the result fields (the model folder)."""
     device = resolve_device(config.device)
     apply_cpu_allocator(config.cpu_allocator, device, reporter)
     folder = Path(config.out)
-    if not config.resume and (folder / LAST_CHECKPOINT).exists():
-        raise UsageError(
-            "already holds a fine-tuning run: add --resume to continue it, or choose another --out", file=folder
-        )
+    _check_folder(config, folder)
     roi = (config.roi,) * 3
     window, spacing, recommended = recipe_from_init(config.init, config.window, config.spacing)
     if recommended:
         reporter.log(recommended)
+    pairs = read_pairs(config, cancel)
+    if config.window_from_labels:
+        window = foreground_window(pairs[0])
+        reporter.log(
+            f"window {window[0]:.0f}…{window[1]:.0f} HU: the 0.5–99.5 percentiles of the training labels' "
+            "foreground (--window-from-labels)"
+        )
     recipe = Recipe(spacing=spacing, window=window, min_size=roi)
-    classes, train_cases, val_cases = read_cases(config, recipe, reporter, cancel)
+    classes, train_cases, val_cases = read_cases(config, pairs, recipe, reporter, cancel)
     torch.manual_seed(config.seed)
     model = build_swinunetr(config.model_size, len(classes) + 1, gradient_checkpointing=config.gradient_checkpointing)
     init = _init_encoder(model, config.init, reporter) if not config.resume else {}
@@ -162,13 +203,14 @@ def train(config: FinetuneConfig, reporter: Reporter, cancel: CancelToken) -> di
             "device": str(device),
         },
     )
-    folder.mkdir(parents=True, exist_ok=True)
-    remove_orphans(folder)  # temporary files of a killed run
-    tuner = FineTuner(model, info, folder, Schedule.from_config(config), device, train_cases, val_cases)
-    if config.resume:
-        tuner.resume()
-        reporter.log(f"resumed at step {tuner.progress.step} of {config.steps}", step=tuner.progress.step)
-    progress = tuner.run(reporter, cancel)
+    with run_folder_lock(folder):
+        _check_folder(config, folder)  # again, under the lock
+        remove_orphans(folder)  # temporary files of a killed run
+        tuner = FineTuner(model, info, folder, Schedule.from_config(config), device, train_cases, val_cases)
+        if config.resume:
+            tuner.resume()
+            reporter.log(f"resumed at step {tuner.progress.step} of {config.steps}", step=tuner.progress.step)
+        progress = tuner.run(reporter, cancel)
     return {
         "model": str(folder),
         "weights": str(folder / MODEL_PT),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 
 import pytest
 import torch
@@ -77,6 +78,22 @@ def test_budget_stops_at_the_first_step_boundary_after_it_and_keeps_the_best_mod
     remaining = [e["remaining_s"] for e in seen if e["event"] == "progress" and e["stage"] == "finetune"]
     assert remaining == [25.0, 15.0, 5.0, 0.0]
     assert any("time budget" in e.get("message", "") for e in seen if e["event"] == "log")
+
+
+def test_the_learning_rate_decays_over_the_time_budget_not_over_the_step_cap(tmp_path, monkeypatch):
+    # 10 s per step against 100 s: the step schedule (1000 steps) has barely moved, the budget's cosine ends at 0.
+    monkeypatch.setattr(finetune_module, "time", Clock(10.0))
+    out = io.StringIO()
+    tuner(tmp_path, steps=1000, max_seconds=100.0).run(Reporter(stdout=out, stderr=io.StringIO()), CancelToken())
+    seen = [e for e in events(out.getvalue()) if e["event"] == "progress" and e["stage"] == "finetune"]
+    used = [e["lr"] for e in seen]
+    # Step k runs after 10·(k-1) s of training; the lower of the two schedules decides.
+    expected = [
+        1e-2 * min(0.5 * (1 + math.cos(math.pi * 10 * k / 1000)), 0.5 * (1 + math.cos(math.pi * k / 10)))
+        for k in range(10)
+    ]
+    assert used == pytest.approx(expected, rel=1e-6)
+    assert used[-1] < 0.03 * used[0]
 
 
 def test_no_budget_runs_every_step_and_reports_no_remaining_time(tmp_path, monkeypatch):
