@@ -174,9 +174,19 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--spacing", type=float, nargs=3, default=[1.5, 1.5, 1.5])
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads of every row (ours: torch.set_num_threads; nnU-Net: its trainer), e.g. 1 with rows run "
+        "side by side, each process pinned to its own core (taskset -c N)",
+    )
     parser.add_argument("--work", type=Path, help="folder for the model folders (default: a temporary one)")
     args = parser.parse_args()
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     cases = sts_cases(args.data)
     val, pool = cases[-args.val_cases :], cases[: -args.val_cases]
     if max(args.shots) > len(pool):
@@ -214,7 +224,7 @@ def main() -> None:
             for seed in args.seeds:
                 folder = work / f"{shots}shot_nnunet_seed{seed}"
                 dice = nnunet_dice_per_patient(
-                    pool[:shots], val, seed, budget_s, folder, args.nnunet_python, args.device
+                    pool[:shots], val, seed, budget_s, folder, args.nnunet_python, args.device, threads=args.threads
                 )
                 patients.setdefault((shots, "nnU-Net v2"), []).append(dice)
                 report_run(shots, "nnU-Net v2", seed, dice)
@@ -223,7 +233,8 @@ def main() -> None:
     print(
         f"\nfew_shot: STS, validation on {', '.join(i.name[:7] for i, _ in val)}; {args.model_size}, "
         f"{budget}, roi {args.roi}, spacing {args.spacing}, lr {args.lr or 'default'}, window "
-        f"{'from labels' if args.window_from_labels else 'default'}, seeds {args.seeds}, device {args.device}\n"
+        f"{'from labels' if args.window_from_labels else 'default'}, seeds {args.seeds}, device {args.device}, "
+        f"threads {args.threads or 'default'}\n"
     )
     names = [*inits, *(["nnU-Net v2"] if "nnunet" in rows else [])]
     print(

@@ -48,6 +48,8 @@ class {TRAINER}(nnUNetTrainer):
         self.num_epochs = int(os.environ.get("VOCO_NNUNET_EPOCHS", "1000"))
         self.num_iterations_per_epoch = {ITERATIONS_PER_EPOCH}
         self.num_val_iterations_per_epoch = {VAL_ITERATIONS_PER_EPOCH}
+        if os.environ.get("VOCO_NNUNET_THREADS"):  # nnU-Net's CPU default is every core of the machine
+            torch.set_num_threads(int(os.environ["VOCO_NNUNET_THREADS"]))
         seed = int(os.environ.get("VOCO_NNUNET_SEED", "0"))
         random.seed(seed)
         np.random.seed(seed)
@@ -135,6 +137,7 @@ def nnunet_dice_per_patient(
     python: str,
     device: str,
     dataset_id: int = 501,
+    threads: int | None = None,
 ) -> list[float]:
     """Plan, preprocess, train for ``budget_s`` seconds and predict ``val``; Dice of class 1 per patient."""
     from voco_backend.segmentation.evaluation import class_metrics
@@ -148,6 +151,7 @@ def nnunet_dice_per_patient(
         "nnUNet_n_proc_DA": "1",
         "VOCO_NNUNET_BUDGET_S": str(budget_s),
         "VOCO_NNUNET_SEED": str(seed),
+        **({"VOCO_NNUNET_THREADS": str(threads)} if threads else {}),
     }
     write_dataset(work / "raw", dataset_id, "STS", train)
     install_trainer(python)
