@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
@@ -69,6 +69,7 @@ class VoCoSlicerParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     model: str
     outputSegmentation: vtkMRMLSegmentationNode
+    roi: vtkMRMLMarkupsROINode
     show3D: bool = False
     finetuneInit: str = "none"
     finetuneOutputFolder: Path
@@ -345,7 +346,7 @@ class VoCoSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         )
 
     def startSegment(self) -> BackendRun:
-        """Segment the input volume with the chosen model."""
+        """Segment the input volume with the chosen model (inside the chosen ROI, if any)."""
         parameters = self._parameterNode
         return self.logic.startSegment(
             parameters.inputVolume,
@@ -353,6 +354,7 @@ class VoCoSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             parameters.outputSegmentation,
             device=parameters.device,
             callbacks=self._callbacks(self.onSegmented),
+            roiNode=parameters.roi,
         )
 
     def startSegmentAll(self) -> BackendRun:
