@@ -86,6 +86,8 @@ class VoCoSlicerParameterNode:
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
     remoteHost: str = ""
     remotePython: str = "python3"
+    remotePort: Annotated[int, WithinRange(0, 65535)] = 0
+    remoteIdentityFile: Path
 
 
 class VoCoSlicerLogic(BackendLogic, ScriptedLoadableModuleLogic):
@@ -250,11 +252,22 @@ class VoCoSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._useChosenHost()
 
     def _useChosenHost(self) -> None:
-        """Send segment/fine-tune/pretrain runs to the SSH host of the Backend panel, or run them here."""
+        """Send segment/fine-tune/pretrain runs to the SSH host of the Backend panel (its port and key, if given),
+        or run them here."""
         from VoCoSlicerLib.remoteBackend import RemoteHost
 
-        host, python = self._parameterNode.remoteHost.strip(), self._parameterNode.remotePython.strip()
-        wanted = RemoteHost(host, python=python or "python3") if host else None
+        parameters = self._parameterNode
+        host, python = parameters.remoteHost.strip(), parameters.remotePython.strip()
+        wanted = (
+            RemoteHost(
+                host,
+                python=python or "python3",
+                port=parameters.remotePort or None,
+                identityFile=_chosenPath(parameters.remoteIdentityFile) or None,
+            )
+            if host
+            else None
+        )
         if wanted != self.logic.remoteHost:
             self.logic.setRemoteHost(wanted)
 

@@ -162,6 +162,30 @@ def test_backend_panels_remote_host_sends_runs_over_ssh_and_keeps_the_model_list
     widget.cleanup()
 
 
+def test_backend_panels_ssh_port_and_key_fields_reach_the_ssh_command(module, ctVolume, tmp_path) -> None:
+    from VoCoSlicerLib.remoteBackend import RemoteHost
+
+    key = tmp_path / "id_gpu"
+    widget = _widget(module, module.app.qt)
+    widget.ui.remoteHostLineEdit.text = "gpu-user@gpu-host.invalid"
+    widget.ui.remotePortSpinBox.value = 2222  # typed in the Backend panel
+    widget.ui.remoteIdentityFileLineEdit.currentPath = str(key)
+    assert (widget._parameterNode.remotePort, str(widget._parameterNode.remoteIdentityFile)) == (2222, str(key))
+    widget._useChosenPython()  # what every Segment / Fine-tune / Pretrain click does first
+    host = widget.logic.remoteHost
+    assert host == RemoteHost("gpu-user@gpu-host.invalid", python="python3", port=2222, identityFile=str(key))
+    ssh = host.sshArgs("true")
+    assert ssh[ssh.index("-p") + 1] == "2222" and ssh[ssh.index("-i") + 1] == str(key)
+    scp = host.scpArgs(["a"], "gpu-user@gpu-host.invalid:b")
+    assert scp[scp.index("-P") + 1] == "2222" and scp[scp.index("-i") + 1] == str(key)
+    widget.ui.remotePortSpinBox.value = 0  # "default": ssh's own or ~/.ssh/config's
+    widget.ui.remoteIdentityFileLineEdit.currentPath = ""  # the agent's keys
+    widget._useChosenPython()
+    assert widget.logic.remoteHost == RemoteHost("gpu-user@gpu-host.invalid", python="python3")
+    assert "-p" not in widget.logic.remoteHost.sshArgs("true") and "-i" not in widget.logic.remoteHost.sshArgs("true")
+    widget.cleanup()
+
+
 def test_segment_panels_roi_selector_sends_the_box_and_imports_on_the_whole_volume(
     module, scene, ctVolume, fakeBackend
 ) -> None:
