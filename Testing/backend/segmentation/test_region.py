@@ -211,3 +211,20 @@ def test_cli_roi_box_and_body_crop_write_the_full_grid_and_log_the_share_segment
     # Inside, the labels differ from the full run's only where the windows fall differently: this 1-step model's
     # flat probabilities flip many argmax labels (69% agree); benchmarks/segment_speed.py measures a trained one.
     assert (part_array[inside] == full_array[inside]).mean() > 0.5
+
+
+@pytest.mark.slow
+def test_a_box_that_misses_the_input_exits_2_alone_and_fails_that_volume_in_a_batch(model, shared_data, tmp_path):
+    chest, dicom = shared_data / "slicerio" / "CTChest4.nrrd", shared_data / "totalsegmentator" / "example_ct_dicom"
+    far = ["--roi-box", "5000", "5000", "5000", "5100", "5100", "5100"]
+    run = backend("segment", "--model", str(model), "--input", str(chest), "--output", str(tmp_path / "s.nii.gz"), *far)
+    assert run.returncode == 2
+    (error,) = run.of("error")
+    assert error["message"].startswith("field 'roi_box': the box (5000.0, 5000.0, 5000.0)..(5100.0, 5100.0, 5100.0)")
+    assert "misses the image" in error["message"] and not (tmp_path / "s.nii.gz").exists()
+    out = tmp_path / "batch"
+    run = backend("segment", "--model", str(model), "--input", str(chest), str(dicom), "--output-dir", str(out), *far)
+    assert run.returncode == 3  # the same box for each volume: those it misses fail, the others would be done
+    (summary,) = run.of("result")
+    assert summary["outputs"] == [] and [f["input"] for f in summary["failed"]] == [str(chest), str(dicom)]
+    assert all(f["message"].startswith("field 'roi_box': the box") for f in summary["failed"])
