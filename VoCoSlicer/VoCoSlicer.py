@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
@@ -69,6 +69,7 @@ class VoCoSlicerParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     model: str
     outputSegmentation: vtkMRMLSegmentationNode
+    roi: vtkMRMLMarkupsROINode
     show3D: bool = False
     finetuneInit: str = "none"
     finetuneOutputFolder: Path
@@ -85,6 +86,8 @@ class VoCoSlicerParameterNode:
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
     remoteHost: str = ""
     remotePython: str = "python3"
+    remotePort: Annotated[int, WithinRange(0, 65535)] = 0
+    remoteIdentityFile: Path
 
 
 class VoCoSlicerLogic(BackendLogic, ScriptedLoadableModuleLogic):
@@ -249,11 +252,22 @@ class VoCoSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._useChosenHost()
 
     def _useChosenHost(self) -> None:
-        """Send segment/fine-tune/pretrain runs to the SSH host of the Backend panel, or run them here."""
+        """Send segment/fine-tune/pretrain runs to the SSH host of the Backend panel (its port and key, if given),
+        or run them here."""
         from VoCoSlicerLib.remoteBackend import RemoteHost
 
-        host, python = self._parameterNode.remoteHost.strip(), self._parameterNode.remotePython.strip()
-        wanted = RemoteHost(host, python=python or "python3") if host else None
+        parameters = self._parameterNode
+        host, python = parameters.remoteHost.strip(), parameters.remotePython.strip()
+        wanted = (
+            RemoteHost(
+                host,
+                python=python or "python3",
+                port=parameters.remotePort or None,
+                identityFile=_chosenPath(parameters.remoteIdentityFile) or None,
+            )
+            if host
+            else None
+        )
         if wanted != self.logic.remoteHost:
             self.logic.setRemoteHost(wanted)
 
@@ -345,7 +359,7 @@ class VoCoSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         )
 
     def startSegment(self) -> BackendRun:
-        """Segment the input volume with the chosen model."""
+        """Segment the input volume with the chosen model (inside the chosen ROI, if any)."""
         parameters = self._parameterNode
         return self.logic.startSegment(
             parameters.inputVolume,
@@ -353,6 +367,7 @@ class VoCoSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             parameters.outputSegmentation,
             device=parameters.device,
             callbacks=self._callbacks(self.onSegmented),
+            roiNode=parameters.roi,
         )
 
     def startSegmentAll(self) -> BackendRun:

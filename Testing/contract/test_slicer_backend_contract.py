@@ -79,6 +79,7 @@ SEGMENT_CASES = [
     {"overlap": 0.0},
     {"overlap": P.MAX_OVERLAP},
     {"tta": True},
+    {"roiBox": (-120.5, -80.0, -300.0, 0.1, 33.25, 1e-3)},
     *({"device": d} for d in P.DEVICES),
     *({"outputPath": f"/t/o{suffix}"} for suffix in P.LABEL_SUFFIXES),
 ]
@@ -120,6 +121,7 @@ def test_every_segment_parameter_the_panel_allows_is_accepted_by_the_backend(cha
         parameters.outputPath,
     )
     assert (config.device, config.overlap, config.tta) == (parameters.device, parameters.overlap, parameters.tta)
+    assert config.roi_box == (None if parameters.roiBox is None else list(parameters.roiBox))
 
 
 @pytest.mark.parametrize("changes", FINETUNE_CASES, ids=str)
@@ -174,6 +176,14 @@ def test_a_value_past_a_panel_bound_is_refused_by_both_sides(build, changes, fla
         argv += [flag, value]
     with pytest.raises(UsageError):
         backend_config(argv)
+
+
+@pytest.mark.parametrize("box", [(9.0, 0.0, 0.0, 5.0, 5.0, 5.0), (0.0, 0.0, 5.0, 5.0, 5.0, 5.0)])
+def test_an_empty_or_inverted_roi_box_is_refused_by_both_sides(box):
+    with pytest.raises(P.ParameterError, match=r"^roiBox .* is empty or inverted"):
+        _segment(roiBox=box)
+    with pytest.raises(UsageError, match=r"^field 'roi_box': the box .* is empty or inverted"):
+        backend_config([*_segment().toArgv(), "--roi-box", *(str(v) for v in box)])
 
 
 def _panel_defaults() -> dict[str, Any]:

@@ -124,3 +124,54 @@ def test_finetune_passes_the_segment_names_with_their_label_values(
     assert classes[4].color == pytest.approx(drawn.GetColor(), abs=1 / 255)
     image, label = argv[argv.index("--images") + 1], argv[argv.index("--labels") + 1]
     assert not Path(image).exists() and not Path(label).exists(), "the temporary files were not removed"
+
+
+def _roiAroundTheVolumeCentre(scene, volumeNode, size):
+    bounds = [0.0] * 6
+    volumeNode.GetRASBounds(bounds)
+    roiNode = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "region")
+    roiNode.SetCenter([(bounds[2 * a] + bounds[2 * a + 1]) / 2 for a in range(3)])
+    roiNode.SetSize(size)
+    return roiNode
+
+
+def test_segment_inside_an_roi_markup_passes_the_box_of_its_world_bounds_in_the_volumes_frame(
+    scene, ctVolume, fakeBackend, tmp_path
+) -> None:
+    """A real vtkMRMLMarkupsROINode (slicer-core's MRML) on a volume moved by a parent transform: the backend gets
+    the box in the frame the volume is exported in, and reads it as exactly the voxels inside the ROI in world."""
+    import numpy as np
+    import vtk
+    from VoCoSlicerLib.sceneIO import exportVolume
+
+    from voco_backend.data.io import read_image
+    from voco_backend.segmentation.region import box_region
+
+    shift = (15.0, -20.0, 35.0)
+    transformNode = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "moved")
+    matrix = vtk.vtkMatrix4x4()
+    for axis, offset in enumerate(shift):
+        matrix.SetElement(axis, 3, offset)
+    transformNode.SetMatrixTransformToParent(matrix)
+    ctVolume.SetAndObserveTransformNodeID(transformNode.GetID())
+    roiNode = _roiAroundTheVolumeCentre(scene, ctVolume, (90.0, 60.0, 120.0))
+    worldBounds = [0.0] * 6
+    roiNode.GetRASBounds(worldBounds)
+    logic = VoCoSlicerLogic(runner=BackendRunner(fakeBackend("ok")))
+    outcome = logic.startSegment(ctVolume, MODEL, device="cpu", roiNode=roiNode).wait()
+    assert outcome.ok
+    argv = outcome.result["argv"]
+    box = [float(v) for v in argv[argv.index("--roi-box") + 1 : argv.index("--roi-box") + 7]]
+    expected = [worldBounds[2 * a + side] - shift[a] for side in (0, 1) for a in range(3)]
+    assert box == pytest.approx(expected)
+    region = box_region(read_image(exportVolume(ctVolume, tmp_path / "ct.nrrd")), box)
+    ijkToRas = vtk.vtkMatrix4x4()
+    ctVolume.GetIJKToRASMatrix(ijkToRas)
+    dims = ctVolume.GetImageData().GetDimensions()
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in dims], indexing="ij"), -1).reshape(-1, 3)
+    matrix = np.array([[ijkToRas.GetElement(r, c) for c in range(4)] for r in range(4)])
+    world = ijk @ matrix[:3, :3].T + matrix[:3, 3] + shift
+    inside = np.all((world >= worldBounds[0::2]) & (world <= worldBounds[1::2]), axis=1)
+    assert region.voxels == inside.sum() > 0
+    assert tuple(ijk[inside].min(0)) == region.start and tuple(ijk[inside].max(0) + 1) == region.stop
+    assert "--roi-box" not in logic.startSegment(ctVolume, MODEL, device="cpu").wait().result["argv"]

@@ -162,6 +162,68 @@ def test_backend_panels_remote_host_sends_runs_over_ssh_and_keeps_the_model_list
     widget.cleanup()
 
 
+def test_backend_panels_ssh_port_and_key_fields_reach_the_ssh_command(module, ctVolume, tmp_path) -> None:
+    from VoCoSlicerLib.remoteBackend import RemoteHost
+
+    key = tmp_path / "id_gpu"
+    widget = _widget(module, module.app.qt)
+    widget.ui.remoteHostLineEdit.text = "gpu-user@gpu-host.invalid"
+    widget.ui.remotePortSpinBox.value = 2222  # typed in the Backend panel
+    widget.ui.remoteIdentityFileLineEdit.currentPath = str(key)
+    assert (widget._parameterNode.remotePort, str(widget._parameterNode.remoteIdentityFile)) == (2222, str(key))
+    widget._useChosenPython()  # what every Segment / Fine-tune / Pretrain click does first
+    host = widget.logic.remoteHost
+    assert host == RemoteHost("gpu-user@gpu-host.invalid", python="python3", port=2222, identityFile=str(key))
+    ssh = host.sshArgs("true")
+    assert ssh[ssh.index("-p") + 1] == "2222" and ssh[ssh.index("-i") + 1] == str(key)
+    scp = host.scpArgs(["a"], "gpu-user@gpu-host.invalid:b")
+    assert scp[scp.index("-P") + 1] == "2222" and scp[scp.index("-i") + 1] == str(key)
+    widget.ui.remotePortSpinBox.value = 0  # "default": ssh's own or ~/.ssh/config's
+    widget.ui.remoteIdentityFileLineEdit.currentPath = ""  # the agent's keys
+    widget._useChosenPython()
+    assert widget.logic.remoteHost == RemoteHost("gpu-user@gpu-host.invalid", python="python3")
+    assert "-p" not in widget.logic.remoteHost.sshArgs("true") and "-i" not in widget.logic.remoteHost.sshArgs("true")
+    widget.cleanup()
+
+
+def test_segment_panels_roi_selector_sends_the_box_and_imports_on_the_whole_volume(
+    module, scene, ctVolume, fakeBackend
+) -> None:
+    started: list[list[str]] = []
+
+    class RecordingRunner(BackendRunner):
+        def start(self, argv, *args, **kwargs):
+            started.append(list(argv))
+            return super().start(argv, *args, **kwargs)
+
+    widget = _widget(module, module.app.qt)
+    widget.logic = module.VoCoSlicerLogic(runner=RecordingRunner(fakeBackend("ok")))
+    widget._parameterNode.model = "VoComni_B"
+    roiNode = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "lesion box")
+    roiNode.SetCenter(-20.0, 10.0, 30.0)
+    roiNode.SetSize(60.0, 40.0, 50.0)
+    widget.ui.roiSelector.setCurrentNode(roiNode)
+    assert widget._parameterNode.roi is roiNode
+    widget.ui.segmentButton.click()
+    _runUntilDone(widget)
+    assert module.app.errors == []
+    (argv,) = started
+    at = argv.index("--roi-box")
+    assert [float(v) for v in argv[at + 1 : at + 7]] == pytest.approx([-50.0, -10.0, 5.0, 10.0, 30.0, 55.0])
+    result = widget._parameterNode.outputSegmentation
+    expected = slicer.vtkMRMLSegmentationNode()
+    expected.SetReferenceImageGeometryParameterFromVolumeNode(ctVolume)
+    geometry = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+    assert result.GetSegmentation().GetConversionParameter(
+        geometry
+    ) == expected.GetSegmentation().GetConversionParameter(geometry)  # imported on the whole volume's grid
+    widget.ui.roiSelector.setCurrentNode(None)  # "Whole volume"
+    widget.ui.segmentButton.click()
+    _runUntilDone(widget)
+    assert "--roi-box" not in started[-1]
+    widget.cleanup()
+
+
 @pytest.mark.slow
 def test_segment_all_checked_makes_one_segmentation_per_volume(module, scene, ctVolume, chestCtFiles, tinyModel):
     from conftest import loadVolume

@@ -56,6 +56,25 @@ from VoCoSlicerLib.sceneIO import (
 POLL_INTERVAL_MS = 100
 
 
+def roiBox(
+    roiNode: slicer.vtkMRMLMarkupsROINode, volumeNode: slicer.vtkMRMLScalarVolumeNode
+) -> tuple[float, float, float, float, float, float]:
+    """The backend's ``--roi-box`` of an ROI markup: the RAS box around it in the frame the volume is exported in.
+
+    A volume file holds the volume's own geometry, not its parent transforms, while an ROI's bounds are in world
+    coordinates: the ROI's corners are brought into the volume's frame (the box around them when the transform
+    rotates). Low corner x, y, z then high corner x, y, z, in mm.
+    """
+    bounds = [0.0] * 6
+    roiNode.GetRASBounds(bounds)
+    worldToVolume = vtk.vtkGeneralTransform()
+    slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(None, volumeNode.GetParentTransformNode(), worldToVolume)
+    corners = [worldToVolume.TransformPoint(x, y, z) for x in bounds[0:2] for y in bounds[2:4] for z in bounds[4:6]]
+    low = [min(c[axis] for c in corners) for axis in range(3)]
+    high = [max(c[axis] for c in corners) for axis in range(3)]
+    return (*low, *high)
+
+
 @dataclasses.dataclass(frozen=True)
 class RunCallbacks:
     """What a run reports as it goes: each progress event, each log line, and once its :class:`RunOutcome`."""
@@ -179,9 +198,14 @@ class VoCoSlicerLogic:
         segmentationNode: slicer.vtkMRMLSegmentationNode | None = None,
         device: str = "auto",
         callbacks: RunCallbacks | None = None,
+        roiNode: slicer.vtkMRMLMarkupsROINode | None = None,
     ) -> BackendRun:
         """Start segmenting ``volumeNode`` with ``model``: a model folder, a registered model's name or a catalogue
         segmentation network (``VoComni_B``).
+
+        Args:
+            roiNode: segment only the box around this ROI markup (:func:`roiBox`); the segmentation still covers
+                the whole volume, empty outside the box.
 
         Returns:
             The run; on success its ``outcome.output`` is the segmentation node (``segmentationNode``, its segments
@@ -193,7 +217,11 @@ class VoCoSlicerLogic:
         def prepare(workDir: Path) -> list[str]:
             inputPath = exportVolume(volumeNode, workDir / "input.nrrd")
             return SegmentParameters(
-                model=model, inputPath=inputPath, outputPath=str(workDir / "segmentation.nrrd"), device=device
+                model=model,
+                inputPath=inputPath,
+                outputPath=str(workDir / "segmentation.nrrd"),
+                device=device,
+                roiBox=None if roiNode is None else roiBox(roiNode, volumeNode),
             ).toArgv()
 
         def complete(outcome: RunOutcome, workDir: Path) -> slicer.vtkMRMLSegmentationNode:

@@ -9,6 +9,7 @@ field, so a wrong value never reaches the backend. The bounds are the backend's 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,6 +38,15 @@ def _checkPositive(field: str, value: int | None) -> None:
 def _checkPaths(field: str, paths: Sequence[str]) -> None:
     if not paths or any(not str(p) for p in paths):
         raise ParameterError(f"{field} needs at least one file and no empty path")
+
+
+def _checkBox(field: str, box: Sequence[float]) -> None:
+    if len(box) != 6 or not all(math.isfinite(v) for v in box):
+        raise ParameterError(f"{field} needs 6 finite numbers (x0, y0, z0, x1, y1, z1), got {tuple(box)}")
+    if not all(low < high for low, high in zip(box[:3], box[3:], strict=True)):
+        raise ParameterError(
+            f"{field} {tuple(box)} is empty or inverted: each low corner value must be below its high one"
+        )
 
 
 def _optional(flag: str, value: object) -> list[str]:
@@ -68,9 +78,13 @@ class SegmentParameters:
     device: str = "auto"
     overlap: float | None = None
     tta: bool = False
+    roiBox: tuple[float, float, float, float, float, float] | None = None
+    """Segment only this RAS box (mm): low corner x, y, z then high corner x, y, z."""
 
     def __post_init__(self) -> None:
         _checkSegmentOptions(self)
+        if self.roiBox is not None:
+            _checkBox("roiBox", self.roiBox)
         if not self.inputPath:
             raise ParameterError("inputPath must not be empty")
         if not self.outputPath.lower().endswith(LABEL_SUFFIXES):
@@ -81,7 +95,8 @@ class SegmentParameters:
     def toArgv(self) -> list[str]:
         """The backend arguments after ``python -m voco_backend``."""
         head = ["segment", "--model", self.model, "--input", self.inputPath, "--output", self.outputPath]
-        return [*head, *_segmentOptionsArgv(self)]
+        box = [] if self.roiBox is None else ["--roi-box", *(repr(float(v)) for v in self.roiBox)]
+        return [*head, *_segmentOptionsArgv(self), *box]
 
 
 @dataclasses.dataclass(frozen=True)

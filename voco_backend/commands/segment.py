@@ -7,8 +7,10 @@ Examples::
 
 The image is preprocessed as the model was trained (model.json's recipe), segmented with sliding windows
 (gaussian blending, fused attention, mixed precision per --precision) and the label map is written on the
-input's exact grid (size, spacing, origin and direction of the input). A .seg.nrrd output carries the segment
-names and colours. VoComni_* networks carry the 20 class names the authors publish (spleen … lung cancer).
+input's exact grid (size, spacing, origin and direction of the input). ``--roi-box`` (RAS mm) and
+``--body-crop`` segment only that part of the input: faster and smaller, the label map still on the full grid.
+A .seg.nrrd output carries the segment names and colours. VoComni_* networks carry the 20 class names the
+authors publish (spleen … lung cancer).
 Each class's voxel count, volume (mL) and mean HU are in the result event (``statistics``) and in
 ``<output>.statistics.csv`` beside the label map.
 """
@@ -16,6 +18,7 @@ Each class's voxel count, volume (mL) and mean HU are in the result event (``sta
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 from voco_backend.cancel import CancelToken
@@ -68,6 +71,19 @@ class SegmentConfig:
         help="onto the input grid: linear (per-class probabilities, smooth) or nearest (argmax labels, cheaper)",
         choices=list(INTERPOLATIONS),
     )
+    roi_box: list[float] | None = field(
+        None,
+        help="segment only this box, in RAS mm as Slicer shows coordinates (x0 y0 z0 x1 y1 z1, low corner then "
+        "high; files store LPS: negate x and y of LPS points); the network also sees a quarter window around it; "
+        "the label map stays on the input's full grid, background outside; in a batch the same box applies to each",
+        nargs=6,
+        metavar=("X0", "Y0", "Z0", "X1", "Y1", "Z1"),
+    )
+    body_crop: bool = field(
+        False,
+        help="segment only the body's box (above -500 HU: the largest component and any of 5%% of its size, such "
+        "as an arm apart; 10 mm margin); the label map stays on the input's full grid",
+    )
     # Measured (benchmarks/segment_speed.py): retain is the fastest for inference, at the default's peak memory.
     cpu_allocator: str = field("retain", help=ALLOCATOR_HELP, choices=CPU_ALLOCATORS)
     flash_attention: bool = field(True, help="PyTorch fused attention in the Swin blocks (same result, faster)")
@@ -81,6 +97,8 @@ class SegmentConfig:
             check_range("overlap", self.overlap, 0.0, 0.95)
         if self.blend is not None:
             check_choice("blend", self.blend, ["gaussian", "constant"])
+        if self.roi_box is not None:
+            check_box("roi_box", self.roi_box)
         if (self.output is None) == (self.output_dir is None):
             raise UsageError("give either --output LABEL (one input) or --output-dir DIR (one or more inputs)")
         if self.output is not None and (len(self.input) != 1 or is_list_file(self.input[0])):
@@ -88,6 +106,18 @@ class SegmentConfig:
         for name, value in (("output", self.output), ("output_suffix", f"x{self.output_suffix}")):
             if value is not None and not has_image_suffix(Path(value)):
                 raise UsageError(f"field '{name}' must end with .nii.gz, .nii, .nrrd, .seg.nrrd or .mha, got {value!r}")
+
+
+def check_box(name: str, box: list[float]) -> None:
+    """Refuse a box that is not 6 finite numbers with each low corner coordinate below the high one."""
+    if len(box) != 6 or not all(math.isfinite(v) for v in box):
+        raise UsageError(f"field '{name}' needs 6 finite numbers x0 y0 z0 x1 y1 z1 (RAS mm), got {box}")
+    empty = [axis for axis, low, high in zip("xyz", box[:3], box[3:], strict=True) if not low < high]
+    if empty:
+        raise UsageError(
+            f"field '{name}': the box {box} is empty or inverted along {', '.join(empty)}; give the low corner "
+            "(x0 y0 z0) first, then the high one (x1 y1 z1), each coordinate larger than the first"
+        )
 
 
 LIST_SUFFIXES = (".txt", ".lst")
@@ -138,6 +168,7 @@ def run(config: SegmentConfig, reporter: Reporter, cancel: CancelToken) -> None:
     from voco_backend.data.io import read_image
     from voco_backend.segmentation.inference import Segmenter, window_settings
     from voco_backend.segmentation.model_folder import resolve_segmentation_model
+    from voco_backend.segmentation.region import Region, segment_region
     from voco_backend.segmentation.statistics import label_statistics, statistics_path, write_statistics
     from voco_backend.segmentation.writers import write_label_map
 
@@ -170,6 +201,15 @@ def run(config: SegmentConfig, reporter: Reporter, cancel: CancelToken) -> None:
         volume = {"volume": index + 1, "volumes": len(inputs)} if len(inputs) > 1 else {}
         try:
             image = read_image(input_path)
+            region = segment_region(image, config.roi_box, config.body_crop, segmenter.context_margin_mm(image))
+            if region is not None:
+                whole = Region.whole(image).voxels
+                reporter.log(
+                    f"segmenting {region.labelled.voxels / whole:.0%} of the voxels "
+                    f"(index {list(region.labelled.start)}, size {list(region.labelled.size)}), the network seeing "
+                    f"{region.context.voxels / whole:.0%}",
+                    **volume,
+                )
             label = segmenter.segment(
                 image,
                 overlap=overlap,
@@ -178,8 +218,9 @@ def run(config: SegmentConfig, reporter: Reporter, cancel: CancelToken) -> None:
                 interpolation=config.interpolation,
                 cancel=cancel,
                 progress=lambda done_, total, v=volume: reporter.progress("segment", done_, total, **v),
+                region=region,
             )
-        except DataError as exc:
+        except (DataError, UsageError) as exc:
             if len(inputs) == 1:
                 raise
             failed.append((input_path, exc))

@@ -6,7 +6,7 @@ blended probability is then resampled (linear, in physical space) onto the input
 keeping a running maximum and its argmax: smooth boundaries, and full-resolution float data is never held for
 more than two volumes, whatever the number of classes. ``nearest`` instead resamples the argmax label map (the
 classic, cheaper way: staircase boundaries). Voxels outside the preprocessed region (cropped background) are
-background.
+background, and so are those outside a requested region (:mod:`voco_backend.segmentation.region`).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from voco_backend.networks import build_swinunetr
 from voco_backend.segmentation.labels import label_pixel_type
 from voco_backend.segmentation.model_folder import ModelInfo
 from voco_backend.segmentation.preprocess import preprocess
+from voco_backend.segmentation.region import SegmentRegion, context_margin_mm
 
 INTERPOLATIONS: tuple[str, ...] = ("linear", "nearest")
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,))
@@ -225,10 +226,23 @@ class Segmenter:
         blend: str = DEFAULT_BLEND,
         cancel: CancelToken | None = None,
         progress: ProgressFn | None = None,
+        region: SegmentRegion | None = None,
     ) -> sitk.Image:
-        """The label map of ``image`` (label values of the classes) on ``image``'s exact grid."""
+        """The label map of ``image`` (label values of the classes) on ``image``'s exact grid.
+
+        Args:
+            region: label only ``region.labelled``, the network seeing ``region.context``; background elsewhere.
+        """
+        seen = image if region is None else region.context.extract(image)
         probabilities, affine = self.probabilities(
-            image, overlap=overlap, tta=tta, blend=blend, cancel=cancel, progress=progress
+            seen, overlap=overlap, tta=tta, blend=blend, cancel=cancel, progress=progress
         )
         values = [0] + [c.value for c in self.info.classes]
-        return restore_to_grid(probabilities, affine, image, values, interpolation)
+        if region is None:
+            return restore_to_grid(probabilities, affine, image, values, interpolation)
+        part = restore_to_grid(probabilities, affine, region.labelled.extract(image), values, interpolation)
+        return region.labelled.paste(part, image)
+
+    def context_margin_mm(self, image: sitk.Image) -> float:
+        """A quarter of a sliding window's extent in mm at the recipe spacing (the image's own when it has none)."""
+        return context_margin_mm(self.info.roi, self.info.recipe.spacing or image.GetSpacing())
