@@ -1,10 +1,16 @@
 """Fault injection: SIGKILL and SIGTERM at seeded random moments of real pretraining and fine-tuning runs (steps and
 checkpoint writes alike), then ``--resume`` to the end; and a loopback HTTP server that misbehaves in every way.
 
-After every fault: no checkpoint is unreadable, no temporary file is left once the run resumes, and the resumed
-run's losses equal the uninterrupted run's. The training trials are marked ``faults`` and left out of the default run
-(``-m faults`` runs them; ``VOCO_FAULT_TRIALS`` per signal and command, default 1 per
-signal and command; ``VOCO_FAULT_TRIALS=20`` for the full loop): a CI rehearsal under heavy load failed one.
+After every fault: no checkpoint is unreadable, no temporary file is left once the run resumes, the first step
+after the resume has the uninterrupted run's loss (rel 1e-5) and every later step stays within fp32 drift of it
+(rel 1e-4): a new process sums in another order (oneDNN picks its kernels by the buffers' alignment), which moved
+pretraining's loss by 4e-7 at the first resumed step and 1.2e-5 three steps later in one trial.
+
+``VOCO_FAULT_TRIALS`` trials per signal and command (default 1); the first of each signal (SIGKILL and SIGTERM for
+pretraining and fine-tuning: 4 trials, a seeded sample) run in the default suite and in CI, the others are marked
+``faults``. The full loop, 20 trials per command::
+
+    VOCO_FAULT_TRIALS=10 .venv/bin/python -m pytest -m "faults or not faults" -k resumes Testing/hostile/test_faults.py
 """
 
 from __future__ import annotations
@@ -128,8 +134,19 @@ def _trials(kind: str) -> list[tuple[signal.Signals, float]]:
     return [(sig, rng.uniform(0.0, 6.0)) for _ in range(TRIALS) for sig in (signal.SIGKILL, signal.SIGTERM)]
 
 
-@pytest.mark.faults
-@pytest.mark.parametrize("trial", range(2 * TRIALS))
+# The seeded sample of the default run: the first SIGKILL and SIGTERM trial of each command; the rest are `faults`.
+TRIAL_PARAMS = [pytest.param(i, marks=[pytest.mark.slow] if i < 2 else [pytest.mark.faults]) for i in range(2 * TRIALS)]
+
+
+def _assert_resumed_losses(losses: dict[int, float], reference: dict[int, float]) -> None:
+    """The first resumed step's loss is the uninterrupted run's; later ones stay within fp32 drift of it."""
+    assert losses, "the resumed run made no step"
+    first = min(losses)
+    assert losses[first] == pytest.approx(reference[first], rel=1e-5, abs=1e-6)
+    assert losses == pytest.approx({s: reference[s] for s in losses}, rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("trial", TRIAL_PARAMS)
 def test_pretraining_resumes_to_the_same_losses_after_a_fault(pretrain_case, tmp_path, trial):
     args, reference = pretrain_case
     sig, delay = _trials("pretrain")[trial]
@@ -141,13 +158,13 @@ def test_pretraining_resumes_to_the_same_losses_after_a_fault(pretrain_case, tmp
     code, evts = _run([*args, "--out", str(run), *resume])
     assert code == 0, evts[-1:]
     losses = _losses(evts, "pretrain")
-    assert losses == pytest.approx({s: reference[s] for s in losses}, rel=1e-5, abs=1e-6)
+    if losses:  # none: the fault came after the last step, the resume found the run complete
+        _assert_resumed_losses(losses, reference)
     assert not [p for p in run.iterdir() if ".partial" in p.name]
     _check_folder(run)
 
 
-@pytest.mark.faults
-@pytest.mark.parametrize("trial", range(2 * TRIALS))
+@pytest.mark.parametrize("trial", TRIAL_PARAMS)
 def test_finetuning_resumes_to_the_same_losses_after_a_fault(finetune_case, tmp_path, trial):
     args, reference = finetune_case
     sig, delay = _trials("finetune")[trial]
