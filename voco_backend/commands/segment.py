@@ -81,7 +81,7 @@ class SegmentConfig:
     )
     body_crop: bool = field(
         False,
-        help="segment only the body's box (above -500 HU: the largest component and any of 5%% of its size, such "
+        help="segment only the body's box (above -500 HU: the largest component and any of 5 percent of its size, such "
         "as an arm apart; 10 mm margin); the label map stays on the input's full grid",
     )
     # Measured (benchmarks/segment_speed.py): retain is the fastest for inference, at the default's peak memory.
