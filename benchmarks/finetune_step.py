@@ -23,11 +23,12 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from child_rows import run_row
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 VARIANTS = {
@@ -150,13 +151,7 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--child", variant, size, "--steps", str(args.steps)]
             cmd += ["--batch-size", str(args.batch_size), "--image", args.image, "--label", args.label]
             cmd += ["--device", args.device, *(["--roi", str(args.roi)] if args.roi else [])]
-            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if done.returncode != 0:  # e.g. killed by the kernel's OOM killer (-9): a row, not the end
-                rows.append({"size": size, "variant": variant, "failed": done.returncode})
-                print(f"  {size} {variant} failed (exit {done.returncode}): {done.stderr[-500:]}", file=sys.stderr)
-                continue
-            rows.append({"size": size, "variant": variant, **json.loads(done.stdout.strip().splitlines()[-1])})
-            print(f"  measured {size} {variant}: {rows[-1]['step_s']:.2f} s/step", file=sys.stderr, flush=True)
+            rows.append(run_row(cmd, size, variant))
     print(f"\nFine-tuning step on {args.device} ({os.cpu_count()} cores), {args.steps} timed steps/row\n")
     print("| size | variant | crops × roi | s/step | ratio vs plain | peak RSS GB | RSS vs plain | GPU peak GB |")
     print("|---|---|---|---|---|---|---|---|")

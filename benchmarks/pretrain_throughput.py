@@ -25,10 +25,11 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from child_rows import run_row
 
 PLAIN = {"cpu_allocator": "default"}
 MONAI_ATTENTION = "monai_attention"  # a benchmark option, not a config field: the floor's plain attention
@@ -159,13 +160,7 @@ def main() -> None:
                 "--data",
                 *args.data,
             ]
-            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if done.returncode != 0:  # e.g. killed by the kernel's OOM killer (-9): a row, not the end
-                rows.append({"size": size, "variant": variant, "failed": done.returncode})
-                print(f"  {size} {variant} failed (exit {done.returncode}): {done.stderr[-500:]}", file=sys.stderr)
-                continue
-            rows.append({"size": size, "variant": variant, **json.loads(done.stdout.strip().splitlines()[-1])})
-            print(f"  measured {size} {variant}: {rows[-1]['step_s']:.2f} s/step", file=sys.stderr, flush=True)
+            rows.append(run_row(cmd, size, variant))
     print(f"\nPretraining step on {args.device} ({os.cpu_count()} cores), 64³ crops, {args.steps} timed steps/row\n")
     print(
         "| size | variant | crops/step | s/step | crops/s | ratio vs floor | peak RSS GB | RSS vs floor | GPU peak GB |"
