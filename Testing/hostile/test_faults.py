@@ -11,11 +11,15 @@ pretraining and fine-tuning: 4 trials, a seeded sample) run in the default suite
 ``faults``. The full loop, 20 trials per command::
 
     VOCO_FAULT_TRIALS=10 .venv/bin/python -m pytest -m "faults or not faults" -k resumes Testing/hostile/test_faults.py
+
+With ``VOCO_FAULT_REPORT=trials.jsonl`` each trial appends where its fault landed (the exit code, the last
+checkpoint's step, whether a checkpoint write was cut: a ``.partial`` file left behind) for the closing figures.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import signal
@@ -138,6 +142,22 @@ def _trials(kind: str) -> list[tuple[signal.Signals, float]]:
 TRIAL_PARAMS = [pytest.param(i, marks=[pytest.mark.slow] if i < 2 else [pytest.mark.faults]) for i in range(2 * TRIALS)]
 
 
+def _record(kind: str, trial: int, sig: signal.Signals, delay: float, code: int, folder: Path, step: int | None):
+    """Append where the fault landed to ``VOCO_FAULT_REPORT`` (when set): the figures of the full loop."""
+    report = os.environ.get("VOCO_FAULT_REPORT")
+    if not report:
+        return
+    partial = folder.exists() and any(".partial" in p.name for p in folder.iterdir())
+    row = {"kind": kind, "trial": trial, "signal": sig.name, "delay_s": round(delay, 2), "exit": code}
+    row |= {"checkpoint_step": step, "cut_checkpoint_write": partial}
+    with open(report, "a", encoding="utf-8") as out:
+        out.write(json.dumps(row) + "\n")
+
+
+def _checkpoint_step(path: Path, key) -> int | None:
+    return key(torch.load(path, map_location="cpu", weights_only=True)) if path.exists() else None
+
+
 def _assert_resumed_losses(losses: dict[int, float], reference: dict[int, float]) -> None:
     """The first resumed step's loss is the uninterrupted run's; later ones stay within fp32 drift of it."""
     assert losses, "the resumed run made no step"
@@ -154,6 +174,7 @@ def test_pretraining_resumes_to_the_same_losses_after_a_fault(pretrain_case, tmp
     code, _ = _run([*args, "--out", str(run)], kill=(sig, delay), stage="pretrain")
     assert code in (0, 130, -signal.SIGKILL), code
     _check_folder(run)
+    _record("pretrain", trial, sig, delay, code, run, _checkpoint_step(run / "checkpoint_last.pt", lambda s: s["step"]))
     resume = ["--resume"] if (run / "checkpoint_last.pt").exists() else []
     code, evts = _run([*args, "--out", str(run), *resume])
     assert code == 0, evts[-1:]
@@ -173,6 +194,8 @@ def test_finetuning_resumes_to_the_same_losses_after_a_fault(finetune_case, tmp_
     assert code in (0, 130, -signal.SIGKILL), code
     if folder.exists():
         _check_folder(folder)
+    step = _checkpoint_step(folder / "checkpoint_last.pt", lambda s: s["progress"]["step"])
+    _record("finetune", trial, sig, delay, code, folder, step)
     resume = ["--resume"] if (folder / "checkpoint_last.pt").exists() else []
     code, evts = _run([*args, "--out", str(folder), *resume])
     assert code == 0, evts[-1:]
