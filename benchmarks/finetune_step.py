@@ -5,8 +5,9 @@ of one real STS case per step, drawn by finetune's own class-balanced sampler):
 - ``plain``: the baseline a MONAI user would write: ``monai.networks.nets.SwinUNETR(use_v2=True)`` with MONAI's
   own window attention and patch merging, ``DiceCELoss`` and ``AdamW``, the C library's default allocator.
 - ``finetune``: ``finetune``'s own step (``FineTuner.train_step``): the SDPA window attention, the MONAI 1.3
-  merge order of the official weights, finetune's default allocator (``hugepages``) and precision (fp32 on a
-  CPU, autocast on CUDA).
+  merge order of the official weights, channels-last convolution weights on a CPU, finetune's default
+  allocator (``hugepages``) and precision (fp32 on a CPU, autocast on CUDA).
+- ``finetune+ncdhw``: the same in PyTorch's default NCDHW layout (what channels-last adds).
 - ``finetune+default-alloc``: the same with the C library's allocator (what the allocator adds).
 - ``finetune+monai-attention``: with MONAI's attention instead of the SDPA one (what the attention adds).
 - ``finetune+ckpt``: with gradient checkpointing (``--gradient-checkpointing``).
@@ -34,6 +35,7 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 VARIANTS = {
     "plain": {"cpu_allocator": "default"},
     "finetune": {},
+    "finetune+ncdhw": {"channels_last": False},
     "finetune+default-alloc": {"cpu_allocator": "default"},
     "finetune+monai-attention": {"sdpa_attention": False},
     "finetune+ckpt": {"gradient_checkpointing": True},
@@ -66,7 +68,7 @@ def child(variant: str, size: str, args: argparse.Namespace) -> dict:
 
     from voco_backend.cancel import CancelToken
     from voco_backend.data.recipe import Recipe
-    from voco_backend.networks import build_swinunetr, feature_size_of
+    from voco_backend.networks import build_swinunetr, feature_size_of, use_channels_last
     from voco_backend.segmentation.finetune import FineTuner, Schedule
     from voco_backend.segmentation.labels import SegmentClass
     from voco_backend.segmentation.model_folder import ModelInfo
@@ -88,6 +90,8 @@ def child(variant: str, size: str, args: argparse.Namespace) -> dict:
             gradient_checkpointing=config.gradient_checkpointing,
             sdpa_attention=options.get("sdpa_attention", True),
         ).to(device)
+        if options.get("channels_last", True):
+            use_channels_last(model, device)
     info = ModelInfo("bench", size, classes, Recipe(min_size=roi), roi)
     schedule = Schedule.from_config(config)
     with tempfile.TemporaryDirectory() as folder:

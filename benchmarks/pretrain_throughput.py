@@ -6,7 +6,8 @@ Rows per model size (64³ crops, TPAMI layout: 1 volume × (2 random + 9 base) c
 - ``floor+sdpa``: the same bare step with the SDPA window attention (``voco_backend.attention``), which every
   ``pretrain`` row uses (it is ``pretrain``'s network).
 - ``pretrain``: the real ``pretrain`` step: batch cut from the preprocessing cache of real CT (prefetched),
-  full VoCo loss, optimiser step, EMA teacher; default allocator, so its ratio is what the pipeline adds.
+  full VoCo loss, optimiser step, EMA teacher, channels-last convolution weights on a CPU (as ``pretrain``
+  holds them); default allocator.
 - ``pretrain+ckpt``: with gradient checkpointing.
 - ``pretrain+hugepages``, ``pretrain+ckpt+hugepages``: with ``--cpu-allocator hugepages`` (``pretrain``'s
   default: transparent huge pages for large tensors, so a step faults 512× fewer pages).
@@ -60,6 +61,7 @@ def child(variant: str, size: str, steps: int, data: list[str], cache: str, devi
 
     from voco_backend.cancel import CancelToken
     from voco_backend.data.sources import resolve_sources
+    from voco_backend.networks import use_channels_last
     from voco_backend.pretrain.config import PretrainConfig
     from voco_backend.pretrain.dataset import CachedVolumes, CropBatcher, prefetch
     from voco_backend.pretrain.heads import VoCoModel
@@ -73,6 +75,8 @@ def child(variant: str, size: str, steps: int, data: list[str], cache: str, devi
     grid = config.crop_grid()
     torch.manual_seed(0)
     model = VoCoModel(size, config.head_hidden, config.teacher, config.dropout, config.gradient_checkpointing).to(dev)
+    if variant.startswith("pretrain"):  # pretrain's layout: channels-last convolution weights on a CPU
+        use_channels_last(model, dev)
     if monai_attention:
         from monai.networks.nets.swin_unetr import WindowAttention
 

@@ -37,8 +37,10 @@ class _WindowAttentionFunction(torch.autograd.Function):
     def forward(ctx, q, k, v, bias, mask, scale):
         b, heads, n, d = q.shape
         if mask is None:
-            # One additive mask for every window: broadcast over the batch.
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias[None].to(q.dtype), scale=scale)
+            # One additive mask for every window: broadcast over the batch. Contiguous, or the fused CPU kernel
+            # is skipped for PyTorch's unfused one (the bias is a permuted view of the table).
+            attn_mask = bias[None].to(q.dtype).contiguous()
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
         else:
             # Windows folded into the head axis, so the per-window mask broadcasts over the crops without
             # being copied once per crop.
@@ -51,13 +53,13 @@ class _WindowAttentionFunction(torch.autograd.Function):
             attn_mask = (bias[None] + mask[:, None]).reshape(1, windows * heads, n, n).to(q.dtype)
             out = F.scaled_dot_product_attention(fold(q), fold(k), fold(v), attn_mask=attn_mask, scale=scale)
             out = out.reshape(b, heads, n, d)
-        ctx.save_for_backward(q, k, v, bias, mask)
+        ctx.save_for_backward(q, k, v, out, bias, mask)
         ctx.scale = scale
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, bias, mask = ctx.saved_tensors
+        q, k, v, out, bias, mask = ctx.saved_tensors
         scale = ctx.scale
         b, heads, n, _ = q.shape
         work = torch.promote_types(q.dtype, torch.float32)
@@ -66,21 +68,21 @@ class _WindowAttentionFunction(torch.autograd.Function):
         grad_bias = torch.zeros((heads, n, n), dtype=work, device=q.device)
         bias_w = bias.to(work)
         mask_w = mask.to(work) if mask is not None else None
-        chunk = max(1, CHUNK_BYTES // (4 * heads * n * n * torch.finfo(work).bits // 8))
+        # Σ_j P_ij·dP_ij = dO_i·O_i: the softmax backward's row term from the (n × d) output, not an (n × n) pass.
+        rows_term = (grad_out.to(work) * out.to(work)).sum(-1, keepdim=True)
+        chunk = max(1, CHUNK_BYTES // (3 * heads * n * n * torch.finfo(work).bits // 8))
         for start in range(0, b, chunk):
             rows = slice(start, min(b, start + chunk))
             qc, kc, vc, gc = (t[rows].to(work) for t in (q, k, v, grad_out))
-            scores = torch.matmul(qc, kc.transpose(-2, -1)).mul_(scale).add_(bias_w)
+            scores = torch.matmul(qc * scale, kc.transpose(-2, -1)).add_(bias_w)
             if mask_w is not None:
                 windows = torch.arange(rows.start, rows.stop, device=q.device) % mask_w.shape[0]
                 scores.add_(mask_w[windows][:, None])
             probs = torch.softmax(scores, dim=-1)
             del scores
             grad_v[rows] = torch.matmul(probs.transpose(-2, -1), gc).to(v.dtype)
-            grad_probs = torch.matmul(gc, vc.transpose(-2, -1))
-            # Softmax backward: dS = P ⊙ (dP − Σ_j P·dP).
-            grad_scores = probs.mul_(grad_probs.sub_((probs * grad_probs).sum(-1, keepdim=True)))
-            del grad_probs
+            # Softmax backward: dS = P ⊙ (dP − Σ_j P·dP), with dP = dO·Vᵀ.
+            grad_scores = probs.mul_(torch.matmul(gc, vc.transpose(-2, -1)).sub_(rows_term[rows]))
             grad_bias += grad_scores.sum(0)
             grad_q[rows] = torch.matmul(grad_scores, kc).mul_(scale).to(q.dtype)
             grad_k[rows] = torch.matmul(grad_scores.transpose(-2, -1), qc).mul_(scale).to(k.dtype)

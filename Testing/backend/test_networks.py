@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from voco_backend.errors import UsageError
-from voco_backend.networks import MERGE_MONAI13, MERGE_MONAI15, SwinEncoder, build_swinunetr
+from voco_backend.networks import MERGE_MONAI13, MERGE_MONAI15, SwinEncoder, build_swinunetr, use_channels_last
 
 REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "swinunetr_v2_fs12_monai130.pt"
 
@@ -29,9 +29,18 @@ def reference() -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _run(reference: dict, *, merge_order: str = MERGE_MONAI13, flash: bool = False, bf16: bool = False):
+def _run(
+    reference: dict,
+    *,
+    merge_order: str = MERGE_MONAI13,
+    flash: bool = False,
+    bf16: bool = False,
+    channels_last: bool = False,
+):
     net = build_swinunetr("tiny", 3, flash_attention=flash, merge_order=merge_order)
     net.load_state_dict(reference["state_dict"])  # strict: the 167-key layout is unchanged
+    if channels_last:
+        assert use_channels_last(net, torch.device("cpu"))
     net.eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         hidden = net.swinViT(reference["input"], normalize=True)
@@ -39,11 +48,15 @@ def _run(reference: dict, *, merge_order: str = MERGE_MONAI13, flash: bool = Fal
     return [h.float() for h in hidden], logits.float()
 
 
-def test_default_network_reproduces_monai_130(reference):
-    hidden, logits = _run(reference)
+# channels-last: the layout segment and finetune hold the network in on a CPU.
+@pytest.mark.parametrize("channels_last", [False, True], ids=["ncdhw", "channels-last"])
+def test_default_network_reproduces_monai_130(reference, channels_last):
+    hidden, logits = _run(reference, channels_last=channels_last)
+    # fp32 rounding of another summation order (the fused attention kernel, the layout): 1e-5 of each tensor's
+    # scale (measured: 4e-6 at the deepest stage); the MONAI 1.5 order differs at the scale itself (below).
     for ours, theirs in zip(hidden, reference["hidden"], strict=True):
-        assert (ours - theirs).abs().max() <= 1e-5
-    assert (logits - reference["logits"]).abs().max() <= 1e-5
+        assert (ours - theirs).abs().max() <= 1e-5 * theirs.abs().max()
+    assert (logits - reference["logits"]).abs().max() <= 1e-5 * reference["logits"].abs().max()
 
 
 def test_monai_15_order_is_another_function(reference):

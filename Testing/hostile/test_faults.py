@@ -36,6 +36,7 @@ import torch
 from backend_cli import TINY_FINETUNE, TINY_PRETRAIN
 from hostile_helpers import parse_events
 
+from voco_backend.atomic import PARTIAL_MARK
 from voco_backend.cancel import CancelToken
 from voco_backend.download import download, part_path
 from voco_backend.errors import Cancelled, DataError
@@ -97,9 +98,11 @@ def _losses(evts: list[dict], stage: str) -> dict[int, float]:
 
 
 def _check_folder(folder: Path) -> None:
-    """Every checkpoint in ``folder`` loads (weights only)."""
+    """Every checkpoint in ``folder`` loads (weights only); a ``.partial`` file is a cut write, not a checkpoint
+    (the next start of the run removes it, asserted after the resume)."""
     for path in folder.glob("*.pt"):
-        torch.load(path, map_location="cpu", weights_only=True)
+        if PARTIAL_MARK not in path.name:
+            torch.load(path, map_location="cpu", weights_only=True)
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +150,7 @@ def _record(kind: str, trial: int, sig: signal.Signals, delay: float, code: int,
     report = os.environ.get("VOCO_FAULT_REPORT")
     if not report:
         return
-    partial = folder.exists() and any(".partial" in p.name for p in folder.iterdir())
+    partial = folder.exists() and any(PARTIAL_MARK in p.name for p in folder.iterdir())
     row = {"kind": kind, "trial": trial, "signal": sig.name, "delay_s": round(delay, 2), "exit": code}
     row |= {"checkpoint_step": step, "cut_checkpoint_write": partial}
     with open(report, "a", encoding="utf-8") as out:
@@ -172,16 +175,16 @@ def test_pretraining_resumes_to_the_same_losses_after_a_fault(pretrain_case, tmp
     sig, delay = _trials("pretrain")[trial]
     run = tmp_path / "run"
     code, _ = _run([*args, "--out", str(run)], kill=(sig, delay), stage="pretrain")
+    _record("pretrain", trial, sig, delay, code, run, _checkpoint_step(run / "checkpoint_last.pt", lambda s: s["step"]))
     assert code in (0, 130, -signal.SIGKILL), code
     _check_folder(run)
-    _record("pretrain", trial, sig, delay, code, run, _checkpoint_step(run / "checkpoint_last.pt", lambda s: s["step"]))
     resume = ["--resume"] if (run / "checkpoint_last.pt").exists() else []
     code, evts = _run([*args, "--out", str(run), *resume])
     assert code == 0, evts[-1:]
     losses = _losses(evts, "pretrain")
     if losses:  # none: the fault came after the last step, the resume found the run complete
         _assert_resumed_losses(losses, reference)
-    assert not [p for p in run.iterdir() if ".partial" in p.name]
+    assert not [p for p in run.iterdir() if PARTIAL_MARK in p.name]
     _check_folder(run)
 
 
@@ -191,17 +194,17 @@ def test_finetuning_resumes_to_the_same_losses_after_a_fault(finetune_case, tmp_
     sig, delay = _trials("finetune")[trial]
     folder = tmp_path / "model"
     code, _ = _run([*args, "--out", str(folder)], kill=(sig, delay), stage="finetune")
+    step = _checkpoint_step(folder / "checkpoint_last.pt", lambda s: s["progress"]["step"])
+    _record("finetune", trial, sig, delay, code, folder, step)
     assert code in (0, 130, -signal.SIGKILL), code
     if folder.exists():
         _check_folder(folder)
-    step = _checkpoint_step(folder / "checkpoint_last.pt", lambda s: s["progress"]["step"])
-    _record("finetune", trial, sig, delay, code, folder, step)
     resume = ["--resume"] if (folder / "checkpoint_last.pt").exists() else []
     code, evts = _run([*args, "--out", str(folder), *resume])
     assert code == 0, evts[-1:]
     losses = torch.load(folder / "checkpoint_last.pt", weights_only=True)["progress"]["losses"]
     assert losses == pytest.approx(reference, rel=1e-4)
-    assert not [p for p in folder.iterdir() if ".partial" in p.name]
+    assert not [p for p in folder.iterdir() if PARTIAL_MARK in p.name]
     _check_folder(folder)
 
 

@@ -33,7 +33,7 @@ from voco_backend.distributed import (
 )
 from voco_backend.errors import Cancelled, UsageError
 from voco_backend.memory_guard import StepShape, check_step_memory, processes_per_machine
-from voco_backend.networks import MERGE_MONAI15, feature_size_of
+from voco_backend.networks import MERGE_MONAI15, feature_size_of, use_channels_last
 from voco_backend.pretrain.checkpoint import load_checkpoint, save_checkpoint
 from voco_backend.pretrain.config import PretrainConfig
 from voco_backend.pretrain.dataset import Batch, CachedVolumes, CropBatcher, batches, require_volumes
@@ -256,6 +256,7 @@ class PretrainRun:
             reporter.log(self.init_summary)
             reporter.log(init_fresh_parts(config))
         self.model.to(ctx.device)
+        use_channels_last(self.model, ctx.device)
         _check_memory(config, self.model, ctx)
         self.optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad],

@@ -23,7 +23,7 @@ from voco_backend.data.recipe import Recipe
 from voco_backend.devices import resolve_device
 from voco_backend.errors import UsageError
 from voco_backend.memory_guard import StepShape, check_step_memory
-from voco_backend.networks import build_swinunetr, feature_size_of
+from voco_backend.networks import build_swinunetr, feature_size_of, use_channels_last
 from voco_backend.protocol import Reporter
 from voco_backend.resume import LAST_CHECKPOINT
 from voco_backend.run_lock import run_folder_lock
@@ -189,6 +189,7 @@ def train(config: FinetuneConfig, reporter: Reporter, cancel: CancelToken) -> di
     model = build_swinunetr(config.model_size, len(classes) + 1, gradient_checkpointing=config.gradient_checkpointing)
     init = _init_encoder(model, config.init, reporter) if not config.resume else {}
     model.to(device)
+    use_channels_last(model, device)
     _check_memory(config, model, device)
     info = ModelInfo(
         name=config.name or folder.resolve().name,

@@ -25,7 +25,7 @@ from voco_backend.cancel import CancelToken
 from voco_backend.data.io import from_array
 from voco_backend.devices import autocast, resolve_precision
 from voco_backend.errors import DataError
-from voco_backend.networks import build_swinunetr
+from voco_backend.networks import build_swinunetr, use_channels_last
 from voco_backend.segmentation.labels import label_pixel_type
 from voco_backend.segmentation.model_folder import ModelInfo
 from voco_backend.segmentation.preprocess import preprocess
@@ -189,6 +189,7 @@ class Segmenter:
                 f"weights do not fit the model described in model.json: {self.report.summary()}", file=weights
             )
         self.model.to(device).eval()
+        use_channels_last(self.model, device)
 
     def probabilities(
         self,
