@@ -90,7 +90,8 @@ def test_encoder_uses_the_official_order_and_layout(reference):
     encoder.eval()
     with torch.no_grad():
         hidden = encoder.swinViT(reference["input"], True)
-    assert (hidden[4] - reference["hidden"][4]).abs().max() <= 1e-5
+    theirs = reference["hidden"][4]
+    assert (hidden[4] - theirs).abs().max() <= 1e-5 * theirs.abs().max()  # fp32 rounding, as above
 
 
 def test_unknown_merge_order_is_a_usage_error():
