@@ -97,11 +97,11 @@ def build_swinunetr(
 def use_channels_last(model: nn.Module, device: torch.device) -> bool:
     """On a CPU, hold the network's 3-D convolution weights channels-last (NDHWC), in place; returns whether it did.
 
-    oneDNN's 3-D convolutions run 2-3× faster forward and backward in that layout than in PyTorch's default
-    NCDHW (a 3³ convolution of two 64³ crops of 12-24 channels, ``benchmarks/finetune_step.py``), and every
-    convolution of the network then passes the layout on, so the Swin blocks' NCDHW ↔ NDHWC rearranges become
-    views. Values, names and shapes are unchanged (a state dict saved from it loads anywhere); only summation
-    order moves, within fp32 rounding. On CUDA the layout is left as it is (not measured there).
+    oneDNN's 3-D convolutions run faster forward and backward in that layout than in PyTorch's default NCDHW
+    (a 3³ convolution of two 64³ crops of 12-24 channels: 2-3× in a profiling run; a whole tiny fine-tuning
+    step: 0.76×, ``benchmarks/finetune_step.py``, rows ``finetune`` and ``finetune+ncdhw``). Values, names and
+    shapes are unchanged (a state dict saved from it loads anywhere); only summation order moves, within fp32
+    rounding. On CUDA the layout is left as it is (not measured there).
     """
     if device.type != "cpu":
         return False
