@@ -101,27 +101,34 @@ def finetune(
     return json.loads((out / "model.json").read_text())["training"]["validations"]
 
 
-def dice_per_patient(model: Path, val: list[tuple[Path, Path]], device: str) -> list[float]:
-    """Dice of the kept model on each validation patient, segmented as ``segment`` does, on the patient's grid."""
+def dice_per_patient(model: Path, val: list[tuple[Path, Path]], device: str) -> tuple[list[float], list[float]]:
+    """Dice of the kept model on each validation patient, segmented as ``segment`` does, on the patient's grid:
+    with the model's post-processing (what a user gets) and as the network predicted."""
     from voco_backend.data.io import read_image
     from voco_backend.devices import resolve_device
     from voco_backend.segmentation.evaluation import class_metrics, on_reference_grid
     from voco_backend.segmentation.inference import Segmenter
     from voco_backend.segmentation.model_folder import MODEL_PT, read_model_info
+    from voco_backend.segmentation.postprocess import keep_largest_component_image
 
-    segmenter = Segmenter(read_model_info(model), model / MODEL_PT, resolve_device(device))
-    dice = []
+    info = read_model_info(model)
+    segmenter = Segmenter(info, model / MODEL_PT, resolve_device(device))
+    kept, raw = [], []
     for image_path, mask_path in val:
         ref = read_image(mask_path)
-        pred = on_reference_grid(segmenter.segment(read_image(image_path), overlap=0.5), ref)
-        metrics = class_metrics(
-            sitk.GetArrayViewFromImage(pred) == 1,
-            sitk.GetArrayViewFromImage(ref) > 0,
-            tuple(reversed(ref.GetSpacing())),
-            2.0,
-        )
-        dice.append(float("nan") if metrics["dice"] is None else float(metrics["dice"]))
-    return dice
+        predicted = segmenter.segment(read_image(image_path), overlap=0.5, postprocess=False)
+        for dice, label in (
+            (raw, predicted),
+            (kept, keep_largest_component_image(predicted, info.largest_component_values)),
+        ):
+            metrics = class_metrics(
+                sitk.GetArrayViewFromImage(on_reference_grid(label, ref)) == 1,
+                sitk.GetArrayViewFromImage(ref) > 0,
+                tuple(reversed(ref.GetSpacing())),
+                2.0,
+            )
+            dice.append(float("nan") if metrics["dice"] is None else float(metrics["dice"]))
+    return kept, raw
 
 
 def mean_sd(values: list[float]) -> str:
@@ -215,8 +222,9 @@ def main() -> None:
             for seed in args.seeds:
                 out = work / f"{shots}shot_{name}_seed{seed}"
                 curves.setdefault((shots, name), []).append(finetune(pool[:shots], val, init, seed, out, args))
-                patients.setdefault((shots, name), []).append(dice_per_patient(out, val, args.device))
-                report_run(shots, name, seed, patients[shots, name][-1])
+                kept, raw = dice_per_patient(out, val, args.device)
+                patients.setdefault((shots, name), []).append(kept)
+                report_run(shots, name, seed, kept, raw, curves[shots, name][-1])
         if "nnunet" in rows:
             from nnunet_peer import nnunet_dice_per_patient
 
@@ -261,11 +269,22 @@ def main() -> None:
             print(f"| {shots} | {name} | {shown} | {mean_sd(means)} | {ratio:.2f}x | {reach} |")
 
 
-def report_run(shots: int, name: str, seed: int, dice: list[float]) -> None:
-    """One line per finished run."""
-    print(
-        f"done: {shots} shot(s), {name}, seed {seed}: Dice per patient {' '.join(f'{d:.3f}' for d in dice)}", flush=True
-    )
+def report_run(
+    shots: int,
+    name: str,
+    seed: int,
+    dice: list[float],
+    raw: list[float] | None = None,
+    curve: list[dict] | None = None,
+) -> None:
+    """One line per finished run; for our rows also the Dice without post-processing and the learning curve."""
+    print(f"done: {shots} shot(s), {name}, seed {seed}: Dice per patient {' '.join(f'{d:.3f}' for d in dice)}")
+    if raw is not None:
+        print(f"  as predicted (no post-processing): {' '.join(f'{d:.3f}' for d in raw)}")
+    for point in curve or []:
+        cut = ", largest component" if point.get("largest_component") else ""
+        print(f"  step {point['step']}: loss {point['loss']:.4f}, validation Dice {point['dice']:.4f}{cut}")
+    print(flush=True)
 
 
 def mean_of(values: list[float]) -> float:

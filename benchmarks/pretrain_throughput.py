@@ -11,6 +11,8 @@ Rows per model size (64³ crops, TPAMI layout: 1 volume × (2 random + 9 base) c
 - ``pretrain+ckpt``: with gradient checkpointing.
 - ``pretrain+hugepages``, ``pretrain+ckpt+hugepages``: with ``--cpu-allocator hugepages`` (``pretrain``'s
   default: transparent huge pages for large tensors, so a step faults 512× fewer pages).
+- ``pretrain+hugepages+ncdhw``: ``pretrain``'s defaults but PyTorch's default NCDHW layout — what channels-last
+  adds to the whole pretraining step.
 - ``floor+hugepages``: the floor with huge pages — what the allocator alone gives the bare model.
 - ``pretrain+retain`` (on request): ``--cpu-allocator retain`` (glibc keeps freed memory mapped; about twice
   the peak memory, out of memory at B on 24 GB).
@@ -34,12 +36,14 @@ from child_rows import run_row
 
 PLAIN = {"cpu_allocator": "default"}
 MONAI_ATTENTION = "monai_attention"  # a benchmark option, not a config field: the floor's plain attention
+NCDHW = "ncdhw"  # a benchmark option: keep PyTorch's default layout instead of pretrain's channels-last
 VARIANTS = {
     "floor": {**PLAIN, MONAI_ATTENTION: True},
     "floor+sdpa": PLAIN,
     "pretrain": PLAIN,
     "pretrain+ckpt": {**PLAIN, "gradient_checkpointing": True},
     "pretrain+hugepages": {"cpu_allocator": "hugepages"},
+    "pretrain+hugepages+ncdhw": {"cpu_allocator": "hugepages", NCDHW: True},
     "pretrain+ckpt+hugepages": {"cpu_allocator": "hugepages", "gradient_checkpointing": True},
     "pretrain+retain": {"cpu_allocator": "retain"},
     "floor+hugepages": {"cpu_allocator": "hugepages"},
@@ -54,6 +58,7 @@ def child(variant: str, size: str, steps: int, data: list[str], cache: str, devi
 
     options = dict(VARIANTS[variant])
     monai_attention = options.pop(MONAI_ATTENTION, False)
+    ncdhw = options.pop(NCDHW, False)
     if device == "cpu":  # before the first large tensor of this process
         assert use_cpu_allocator(options["cpu_allocator"]), f"{options['cpu_allocator']} unavailable here"
     import torch
@@ -75,7 +80,7 @@ def child(variant: str, size: str, steps: int, data: list[str], cache: str, devi
     grid = config.crop_grid()
     torch.manual_seed(0)
     model = VoCoModel(size, config.head_hidden, config.teacher, config.dropout, config.gradient_checkpointing).to(dev)
-    if variant.startswith("pretrain"):  # pretrain's layout: channels-last convolution weights on a CPU
+    if variant.startswith("pretrain") and not ncdhw:  # pretrain's layout: channels-last convolution weights on a CPU
         use_channels_last(model, dev)
     if monai_attention:
         from monai.networks.nets.swin_unetr import WindowAttention

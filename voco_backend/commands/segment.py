@@ -186,6 +186,11 @@ def run(config: SegmentConfig, reporter: Reporter, cancel: CancelToken) -> None:
             f"sliding windows: overlap {overlap}, {blend} blending, as {info.name}'s authors run it "
             "(--overlap / --blend to change)"
         )
+    if info.largest_component:
+        reporter.log(
+            f"post-processing: {', '.join(info.largest_component)} keep only their largest connected component "
+            "(chosen on the model's validation cases, recorded in model.json)"
+        )
     inputs = expand_inputs(config.input)
     if not inputs:
         raise UsageError(f"field 'input': the list file {config.input[0]} names no CT")

@@ -1,8 +1,10 @@
 """The fine-tuning loop: SwinUNETR-v2 from VoCo weights, DiceCE, AdamW warm-up + cosine, best-Dice keeping, resume.
 
 ``model.pt`` always holds the weights of the best validation Dice so far and is replaced (atomically) only when
-the Dice improves; ``checkpoint_last.pt`` (model, optimiser, scheduler, loss scaler, step, RNG, figures) is
-written every ``checkpoint_every`` steps, at the end and when a cancel is asked for at a step boundary.
+the Dice improves (the Dice after the largest-component post-processing chosen per class on the same validation,
+:mod:`~voco_backend.segmentation.postprocess`); ``checkpoint_last.pt`` (model, optimiser, scheduler, loss
+scaler, step, RNG, figures) is written every ``checkpoint_every`` steps, at the end and when a cancel is asked
+for at a step boundary.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from voco_backend.protocol import Reporter
 from voco_backend.resume import LAST_CHECKPOINT, rng_state, set_rng_state
 from voco_backend.segmentation.inference import sliding_window_probabilities
 from voco_backend.segmentation.model_folder import MODEL_PT, ModelInfo, write_model_info
+from voco_backend.segmentation.postprocess import LARGEST_COMPONENT, keep_largest_component
 from voco_backend.segmentation.training_data import Case, sample_batch, train_transforms
 
 if TYPE_CHECKING:
@@ -78,9 +81,16 @@ class Progress:
     best_dice: float = -1.0
     best_step: int | None = None
     best_per_class: list[float] = dataclasses.field(default_factory=list)
+    best_largest_component: list[str] = dataclasses.field(default_factory=list)
     losses: list[float] = dataclasses.field(default_factory=list)
     validations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
+
+
+def _mean_finite(values: Sequence[float]) -> float:
+    """The mean of the finite values (a class absent from every case is NaN); 0 when there is none."""
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else 0.0
 
 
 def validation_dice(
@@ -90,18 +100,23 @@ def validation_dice(
     device: torch.device,
     dtype: torch.dtype | None,
     cancel: CancelToken,
-) -> list[float]:
-    """Mean Dice per class over ``cases`` (sliding windows, argmax); NaN for a class absent from every case."""
-    metric = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True)
+) -> tuple[list[float], list[float]]:
+    """Mean Dice per class over ``cases`` (sliding windows, argmax), as predicted and with each class cut to its
+    largest connected component; NaN for a class absent from every case."""
+    metrics = [DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True) for _ in range(2)]
+    classes = range(1, info.out_channels)
     model.eval()
     for case in cases:
         probabilities = sliding_window_probabilities(
             model, case.image, info.roi, overlap=VAL_OVERLAP, device=device, dtype=dtype, cancel=cancel
         )
-        prediction = one_hot(probabilities.argmax(0, keepdim=True)[None], info.out_channels)
-        metric(prediction, one_hot(case.label[None].long(), info.out_channels))
+        predicted = probabilities.argmax(0).numpy()
+        reference = one_hot(case.label[None].long(), info.out_channels)
+        for metric, labels in zip(metrics, (predicted, keep_largest_component(predicted, classes)), strict=True):
+            metric(one_hot(torch.as_tensor(labels)[None, None], info.out_channels), reference)
     model.train()
-    return [float(d) for d in metric.aggregate()]
+    raw, largest = ([float(d) for d in metric.aggregate()] for metric in metrics)
+    return raw, largest
 
 
 class FineTuner:
@@ -227,21 +242,29 @@ class FineTuner:
         return value
 
     def validate(self, cancel: CancelToken) -> list[float]:
-        """Validation Dice per class; keeps ``model.pt`` (and ``model.json``) when the mean improves."""
-        per_class = validation_dice(self.model, self.val_cases, self.info, self.device, self.dtype, cancel)
-        finite = [d for d in per_class if math.isfinite(d)]
-        dice = float(np.mean(finite)) if finite else 0.0
+        """Validation Dice per class; keeps ``model.pt`` (and ``model.json``) when the mean improves.
+
+        A class is cut to its largest connected component where that raises its Dice in this validation; the
+        Dice reported and compared is the post-processed one, and the classes so chosen go with the kept model.
+        """
+        raw, largest = validation_dice(self.model, self.val_cases, self.info, self.device, self.dtype, cancel)
+        chosen = [i for i, (r, k) in enumerate(zip(raw, largest, strict=True)) if math.isfinite(r) and k > r]
+        per_class = [largest[i] if i in chosen else raw[i] for i in range(len(raw))]
         p = self.progress
         p.validations.append(
             {
                 "step": p.step,
-                "dice": dice,
+                "dice": _mean_finite(per_class),
                 "dice_per_class": per_class,
+                "dice_as_predicted": _mean_finite(raw),
+                LARGEST_COMPONENT: [self.info.classes[i].name for i in chosen],
                 "loss": float(np.mean(p.losses[-self.schedule.val_every :])),
             }
         )
+        dice = p.validations[-1]["dice"]
         if dice > p.best_dice:
             p.best_dice, p.best_step, p.best_per_class = dice, p.step, per_class
+            p.best_largest_component = p.validations[-1][LARGEST_COMPONENT]
             save_torch_atomic(self.model.state_dict(), self.folder / MODEL_PT)
             self.write_info()
         return per_class
@@ -249,6 +272,7 @@ class FineTuner:
     def write_info(self) -> None:
         """Write ``model.json`` with the current training figures."""
         p = self.progress
+        self.info.largest_component = list(p.best_largest_component)
         self.info.training.update(
             steps_done=p.step,
             best_step=p.best_step,
@@ -309,12 +333,15 @@ class FineTuner:
             per_class = self.validate(cancel)
         except Cancelled:
             self._stop(started)
+        last = p.validations[-1]
+        cut = f"; largest component kept for {', '.join(last[LARGEST_COMPONENT])}" if last[LARGEST_COMPONENT] else ""
         reporter.log(
-            f"validation Dice at step {p.step}: {p.validations[-1]['dice']:.4f} "
-            f"(best {p.best_dice:.4f} at step {p.best_step})",
+            f"validation Dice at step {p.step}: {last['dice']:.4f} (best {p.best_dice:.4f} at step {p.best_step}){cut}",
             step=p.step,
-            dice=p.validations[-1]["dice"],
+            dice=last["dice"],
             dice_per_class=per_class,
+            dice_as_predicted=last["dice_as_predicted"],
+            largest_component=last[LARGEST_COMPONENT],
         )
 
     def _stop(self, started: float) -> NoReturn:

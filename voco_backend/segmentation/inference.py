@@ -6,7 +6,8 @@ blended probability is then resampled (linear, in physical space) onto the input
 keeping a running maximum and its argmax: smooth boundaries, and full-resolution float data is never held for
 more than two volumes, whatever the number of classes. ``nearest`` instead resamples the argmax label map (the
 classic, cheaper way: staircase boundaries). Voxels outside the preprocessed region (cropped background) are
-background, and so are those outside a requested region (:mod:`voco_backend.segmentation.region`).
+background, and so are those outside a requested region (:mod:`voco_backend.segmentation.region`). Last, the
+classes ``model.json`` names keep only their largest connected component (:mod:`.postprocess`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from voco_backend.errors import DataError
 from voco_backend.networks import build_swinunetr, use_channels_last
 from voco_backend.segmentation.labels import label_pixel_type
 from voco_backend.segmentation.model_folder import ModelInfo
+from voco_backend.segmentation.postprocess import keep_largest_component_image
 from voco_backend.segmentation.preprocess import preprocess
 from voco_backend.segmentation.region import SegmentRegion, context_margin_mm
 
@@ -228,21 +230,27 @@ class Segmenter:
         cancel: CancelToken | None = None,
         progress: ProgressFn | None = None,
         region: SegmentRegion | None = None,
+        postprocess: bool = True,
     ) -> sitk.Image:
         """The label map of ``image`` (label values of the classes) on ``image``'s exact grid.
 
         Args:
             region: label only ``region.labelled``, the network seeing ``region.context``; background elsewhere.
+            postprocess: apply the model's post-processing (``model.json``'s classes that keep their largest
+                connected component); False: the network's label map as predicted.
         """
         seen = image if region is None else region.context.extract(image)
         probabilities, affine = self.probabilities(
             seen, overlap=overlap, tta=tta, blend=blend, cancel=cancel, progress=progress
         )
         values = [0] + [c.value for c in self.info.classes]
+        largest = self.info.largest_component_values if postprocess else []
         if region is None:
-            return restore_to_grid(probabilities, affine, image, values, interpolation)
+            return keep_largest_component_image(
+                restore_to_grid(probabilities, affine, image, values, interpolation), largest
+            )
         part = restore_to_grid(probabilities, affine, region.labelled.extract(image), values, interpolation)
-        return region.labelled.paste(part, image)
+        return region.labelled.paste(keep_largest_component_image(part, largest), image)
 
     def context_margin_mm(self, image: sitk.Image) -> float:
         """A quarter of a sliding window's extent in mm at the recipe spacing (the image's own when it has none)."""

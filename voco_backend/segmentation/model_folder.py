@@ -5,10 +5,10 @@ a folder (validated first) and resolving what a user typed to a model and its we
 raw reading are in :mod:`~voco_backend.segmentation.model_files`, cheap to import for the catalogue's registry.
 
 ``model.json`` holds everything needed to apply the model: the classes (label values, names, colours), the
-preprocessing recipe, the sliding-window roi, the architecture, where the encoder's initial weights came from
-(with the load report) and the training figures. ``model.pt`` is a flat state dict loadable with
-``torch.load(weights_only=True)``. A catalogue segmentation network (``VoComni_*``) is described by the same
-:class:`ModelInfo`, built from its catalogue entry.
+preprocessing recipe, the sliding-window roi, the post-processing chosen on validation, the architecture, where
+the encoder's initial weights came from (with the load report) and the training figures. ``model.pt`` is a flat
+state dict loadable with ``torch.load(weights_only=True)``. A catalogue segmentation network (``VoComni_*``) is
+described by the same :class:`ModelInfo`, built from its catalogue entry.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from voco_backend.errors import DataError, UsageError
 from voco_backend.networks import FEATURE_SIZES, MERGE_MONAI13, MERGE_MONAI15, check_merge_order, feature_size_of
 from voco_backend.segmentation.labels import SegmentClass
 from voco_backend.segmentation.model_files import MODEL_JSON, MODEL_PT, read_model_json
+from voco_backend.segmentation.postprocess import LARGEST_COMPONENT
 
 __all__ = [
     "FORMAT",
@@ -58,6 +59,9 @@ class ModelInfo:
         training: training figures (steps, best Dice, history, cases, timings).
         merge_order: PatchMerging voxel order of the network (``monai1.3``, the official one; a ``model.json``
             without the record was made by an earlier version in MONAI 1.5's order, ``monai1.5``).
+        largest_component: names of the classes that keep only their largest connected component after
+            segmentation (``postprocess.largest_component`` in ``model.json``; chosen on validation by
+            ``finetune``, see :mod:`voco_backend.segmentation.postprocess`).
         note: a remark for the log (why the order is not the official one), not written to ``model.json``.
     """
 
@@ -69,12 +73,18 @@ class ModelInfo:
     init: dict[str, Any] = dataclasses.field(default_factory=dict)
     training: dict[str, Any] = dataclasses.field(default_factory=dict)
     merge_order: str = MERGE_MONAI13
+    largest_component: list[str] = dataclasses.field(default_factory=list)
     note: str = ""
 
     @property
     def out_channels(self) -> int:
         """Background plus one channel per class."""
         return len(self.classes) + 1
+
+    @property
+    def largest_component_values(self) -> list[int]:
+        """The label values of the classes in :attr:`largest_component`."""
+        return [c.value for c in self.classes if c.name in self.largest_component]
 
     def to_json(self) -> dict[str, Any]:
         """The ``model.json`` document."""
@@ -95,6 +105,7 @@ class ModelInfo:
             "classes": [c.to_dict() for c in self.classes],
             "recipe": self.recipe.to_dict(),
             "roi": list(self.roi),
+            "postprocess": {LARGEST_COMPONENT: list(self.largest_component)},
             "init": self.init,
             "training": self.training,
             "voco_backend_version": __version__,
@@ -120,7 +131,11 @@ class ModelInfo:
                 init=dict(data.get("init", {})),
                 training=dict(data.get("training", {})),
                 merge_order=check_merge_order(str(data["architecture"].get("merge_order", MERGE_MONAI15))),
+                largest_component=[str(n) for n in data.get("postprocess", {}).get(LARGEST_COMPONENT, [])],
             )
+            unknown = sorted(set(info.largest_component) - {c.name for c in info.classes})
+            if unknown:
+                raise ValueError(f"postprocess names classes it does not have: {', '.join(unknown)}")
             if "merge_order" not in data["architecture"]:
                 info.note = (
                     f"{Path(source).name} records no merge order: made by an earlier version, so it runs in "
