@@ -6,13 +6,14 @@ Rows per model size (64³ crops, TPAMI layout: 1 volume × (2 random + 9 base) c
 - ``floor+sdpa``: the same bare step with the SDPA window attention (``voco_backend.attention``), which every
   ``pretrain`` row uses (it is ``pretrain``'s network).
 - ``pretrain``: the real ``pretrain`` step: batch cut from the preprocessing cache of real CT (prefetched),
-  full VoCo loss, optimiser step, EMA teacher, channels-last convolution weights on a CPU (as ``pretrain``
-  holds them); default allocator.
+  full VoCo loss, optimiser step, EMA teacher, PyTorch's default layout (as ``pretrain`` holds the network);
+  default allocator.
 - ``pretrain+ckpt``: with gradient checkpointing.
 - ``pretrain+hugepages``, ``pretrain+ckpt+hugepages``: with ``--cpu-allocator hugepages`` (``pretrain``'s
   default: transparent huge pages for large tensors, so a step faults 512× fewer pages).
-- ``pretrain+hugepages+ncdhw``: ``pretrain``'s defaults but PyTorch's default NCDHW layout — what channels-last
-  adds to the whole pretraining step.
+- ``pretrain+hugepages+channels-last``: ``pretrain``'s defaults with channels-last convolution weights on a CPU
+  (fine-tuning's layout there) — what the layout does to the whole pretraining step (nothing measurable at B,
+  slower at tiny: why ``pretrain`` keeps the default layout).
 - ``floor+hugepages``: the floor with huge pages — what the allocator alone gives the bare model.
 - ``pretrain+retain`` (on request): ``--cpu-allocator retain`` (glibc keeps freed memory mapped; about twice
   the peak memory, out of memory at B on 24 GB).
@@ -36,14 +37,14 @@ from child_rows import run_row
 
 PLAIN = {"cpu_allocator": "default"}
 MONAI_ATTENTION = "monai_attention"  # a benchmark option, not a config field: the floor's plain attention
-NCDHW = "ncdhw"  # a benchmark option: keep PyTorch's default layout instead of pretrain's channels-last
+CHANNELS_LAST = "channels_last"  # a benchmark option: channels-last convolution weights (fine-tuning's CPU layout)
 VARIANTS = {
     "floor": {**PLAIN, MONAI_ATTENTION: True},
     "floor+sdpa": PLAIN,
     "pretrain": PLAIN,
     "pretrain+ckpt": {**PLAIN, "gradient_checkpointing": True},
     "pretrain+hugepages": {"cpu_allocator": "hugepages"},
-    "pretrain+hugepages+ncdhw": {"cpu_allocator": "hugepages", NCDHW: True},
+    "pretrain+hugepages+channels-last": {"cpu_allocator": "hugepages", CHANNELS_LAST: True},
     "pretrain+ckpt+hugepages": {"cpu_allocator": "hugepages", "gradient_checkpointing": True},
     "pretrain+retain": {"cpu_allocator": "retain"},
     "floor+hugepages": {"cpu_allocator": "hugepages"},
@@ -58,7 +59,7 @@ def child(variant: str, size: str, steps: int, data: list[str], cache: str, devi
 
     options = dict(VARIANTS[variant])
     monai_attention = options.pop(MONAI_ATTENTION, False)
-    ncdhw = options.pop(NCDHW, False)
+    channels_last = options.pop(CHANNELS_LAST, False)
     if device == "cpu":  # before the first large tensor of this process
         assert use_cpu_allocator(options["cpu_allocator"]), f"{options['cpu_allocator']} unavailable here"
     import torch
@@ -80,7 +81,7 @@ def child(variant: str, size: str, steps: int, data: list[str], cache: str, devi
     grid = config.crop_grid()
     torch.manual_seed(0)
     model = VoCoModel(size, config.head_hidden, config.teacher, config.dropout, config.gradient_checkpointing).to(dev)
-    if variant.startswith("pretrain") and not ncdhw:  # pretrain's layout: channels-last convolution weights on a CPU
+    if channels_last:
         use_channels_last(model, dev)
     if monai_attention:
         from monai.networks.nets.swin_unetr import WindowAttention

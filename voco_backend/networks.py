@@ -101,7 +101,8 @@ def use_channels_last(model: nn.Module, device: torch.device) -> bool:
     (a 3³ convolution of two 64³ crops of 12-24 channels: 2-3× in a profiling run; a whole tiny fine-tuning
     step: 0.76×, ``benchmarks/finetune_step.py``, rows ``finetune`` and ``finetune+ncdhw``). Values, names and
     shapes are unchanged (a state dict saved from it loads anywhere); only summation order moves, within fp32
-    rounding. On CUDA the layout is left as it is (not measured there).
+    rounding. On CUDA the layout is left as it is (not measured there). Fine-tuning and segment use it;
+    pretraining does not (no gain for its step, ``benchmarks/pretrain_throughput.py``).
     """
     if device.type != "cpu":
         return False
