@@ -96,6 +96,7 @@ def finetune(
         spacing=args.spacing,
         seed=seed,
         device=args.device,
+        amp=args.amp,
     )
     run(config, Reporter(stdout=io.StringIO(), stderr=io.StringIO()), CancelToken())
     return json.loads((out / "model.json").read_text())["training"]["validations"]
@@ -174,6 +175,12 @@ def main() -> None:
         action="store_true",
         help="our rows window the training labels' 0.5-99.5 HU percentiles (finetune --window-from-labels)",
     )
+    parser.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="our rows' finetune --amp (bf16 on a CPU with bf16 instructions; --no-amp: fp32)",
+    )
     parser.add_argument("--val-every", type=int, default=10)
     parser.add_argument("--val-cases", type=int, default=4, help="the last N cases by name are the validation set")
     parser.add_argument("--model-size", default="tiny")
@@ -242,7 +249,7 @@ def main() -> None:
         f"\nfew_shot: STS, validation on {', '.join(i.name[:7] for i, _ in val)}; {args.model_size}, "
         f"{budget}, roi {args.roi}, spacing {args.spacing}, lr {args.lr or 'default'}, window "
         f"{'from labels' if args.window_from_labels else 'default'}, seeds {args.seeds}, device {args.device}, "
-        f"threads {args.threads or 'default'}\n"
+        f"threads {args.threads or 'default'}, amp {args.amp}\n"
     )
     names = [*inits, *(["nnU-Net v2"] if "nnunet" in rows else [])]
     print(

@@ -37,17 +37,29 @@ def cuda_half_dtype() -> torch.dtype:
 
 
 def training_precision(device: torch.device, amp: bool) -> tuple[torch.dtype | None, bool]:
-    """The autocast dtype of a training step and whether the loss needs scaling (fp16); fp32 on a CPU."""
-    if not (amp and device.type == "cuda"):
+    """The autocast dtype of a training step and whether the loss needs scaling (fp16); ``None`` = fp32.
+
+    With ``amp``: on CUDA bf16 where supported, else fp16 with loss scaling; on a CPU bf16 where the CPU computes
+    it natively (:func:`cpu_has_native_bf16`), else fp32. On this project's AMX CPU bf16 autocast measured
+    (benchmarks/finetune_step.py, tiny, 2 crops of 64³) 4.49 s against 5.79 s a fine-tuning step and 1.86 against
+    2.40 GB peak RSS; emulated bf16 is many times slower than fp32 (see :data:`PRECISIONS`' note).
+    """
+    if not amp:
         return None, False
-    dtype = cuda_half_dtype()
-    return dtype, dtype == torch.float16
+    if device.type == "cuda":
+        dtype = cuda_half_dtype()
+        return dtype, dtype == torch.float16
+    return (torch.bfloat16 if cpu_has_native_bf16() else None), False
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (oneDNN's own probe; False where it cannot be asked)."""
+    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX), as PyTorch's CPU probe reads them.
+
+    Not oneDNN's ``_is_mkldnn_bf16_supported``: that is also true on AVX-512 CPUs without bf16 instructions,
+    where oneDNN emulates bf16. False where the probe cannot be asked.
+    """
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):
         return False
 

@@ -93,7 +93,11 @@ class FinetuneConfig:
     )
     name: str | None = field(None, help="model name in model.json (default: the folder name)")
     resume: bool = field(False, help="continue MODEL_DIR/checkpoint_last.pt")
-    amp: bool = field(True, help="mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling)")
+    amp: bool = field(
+        True,
+        help="mixed precision: on CUDA bf16 where supported, else fp16 with loss scaling; on a CPU bf16 where "
+        "it has bf16 instructions (AVX512-BF16 or AMX), else fp32",
+    )
     gradient_checkpointing: bool = field(False, help="recompute activations in backward: less memory, slower")
     mirror_left_right: bool = field(
         False,

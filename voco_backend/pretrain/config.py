@@ -117,7 +117,11 @@ class PretrainConfig:
     checkpoint_every: int = field(100, help="write a resumable checkpoint every N steps")
     keep_checkpoints: int = field(2, help="step checkpoints kept besides checkpoint_last.pt (0 keeps none)")
     gradient_checkpointing: bool = field(False, help="recompute activations in backward: less memory")
-    amp: bool = field(True, help="mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling)")
+    amp: bool = field(
+        True,
+        help="mixed precision: on CUDA bf16 where supported, else fp16 with loss scaling; on a CPU bf16 where "
+        "it has bf16 instructions (AVX512-BF16 or AMX), else fp32",
+    )
     cpu_allocator: str = field("hugepages", help=ALLOCATOR_HELP, choices=CPU_ALLOCATORS)
     workers: int = field(0, help="DataLoader processes cutting and augmenting crops (0: one background thread)")
     threads: int | None = field(None, help="CPU threads for torch (default: torch's choice)")
