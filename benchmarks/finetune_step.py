@@ -6,12 +6,13 @@ of one real STS case per step, drawn by finetune's own class-balanced sampler):
   own window attention and patch merging, ``DiceCELoss`` and ``AdamW``, the C library's default allocator.
 - ``finetune``: ``finetune``'s own step (``FineTuner.train_step``): the SDPA window attention, the MONAI 1.3
   merge order of the official weights, channels-last convolution weights on a CPU, finetune's default
-  allocator (``hugepages``) and precision (fp32 on a CPU, autocast on CUDA).
+  allocator (``hugepages``) and precision (``--amp``: bf16 autocast on CUDA and on a CPU with bf16 instructions,
+  else fp32).
 - ``finetune+ncdhw``: the same in PyTorch's default NCDHW layout (what channels-last adds).
 - ``finetune+default-alloc``: the same with the C library's allocator (what the allocator adds).
 - ``finetune+monai-attention``: with MONAI's attention instead of the SDPA one (what the attention adds).
 - ``finetune+ckpt``: with gradient checkpointing (``--gradient-checkpointing``).
-- ``finetune+bf16``: with bf16 autocast on the CPU (finetune trains in fp32 there; this row shows why).
+- ``finetune+fp32``: in fp32 (``--no-amp``): what bf16 autocast gives where the CPU has bf16 instructions.
 Each row runs in its own process (allocator settings and peak RSS stay separate); the first step is a warm-up
 and not timed. Ratios are against ``plain`` of the same size.
 
@@ -39,7 +40,7 @@ VARIANTS = {
     "finetune+default-alloc": {"cpu_allocator": "default"},
     "finetune+monai-attention": {"sdpa_attention": False},
     "finetune+ckpt": {"gradient_checkpointing": True},
-    "finetune+bf16": {"bf16": True},
+    "finetune+fp32": {"amp": False},
 }
 
 
@@ -59,6 +60,7 @@ def child(variant: str, size: str, args: argparse.Namespace) -> dict:
         gradient_checkpointing=options.get("gradient_checkpointing", False),
         cpu_allocator=options.get("cpu_allocator", FinetuneConfig.cpu_allocator),
         device=args.device,
+        amp=options.get("amp", True),
     )
     if args.device == "cpu":  # before the first large tensor of this process
         assert use_cpu_allocator(config.cpu_allocator), f"{config.cpu_allocator} unavailable here"
@@ -96,8 +98,6 @@ def child(variant: str, size: str, args: argparse.Namespace) -> dict:
     schedule = Schedule.from_config(config)
     with tempfile.TemporaryDirectory() as folder:
         tuner = FineTuner(model, info, Path(folder), schedule, device, cases, cases)
-    if options.get("bf16"):
-        tuner.dtype = torch.bfloat16
     model.train()
     if variant == "plain":
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)

@@ -2,18 +2,21 @@
 
 Rows per model size (64³ crops, TPAMI layout: 1 volume × (2 random + 9 base) crops by default):
 - ``floor``: the plain floor: a bare fwd+bwd+AdamW step of the same encoder+heads with MONAI's own window
-  attention, on random tensors of the same shape (the C library's default allocator, no checkpointing).
+  attention, on random tensors of the same shape (the C library's default allocator, no checkpointing); fp32 on
+  a CPU, as a plain MONAI user trains there, and AMP on CUDA (so the GPU ratio isolates the input pipeline).
 - ``floor+sdpa``: the same bare step with the SDPA window attention (``voco_backend.attention``), which every
   ``pretrain`` row uses (it is ``pretrain``'s network).
 - ``pretrain``: the real ``pretrain`` step: batch cut from the preprocessing cache of real CT (prefetched),
-  full VoCo loss, optimiser step, EMA teacher, PyTorch's default layout (as ``pretrain`` holds the network);
-  default allocator.
+  full VoCo loss, optimiser step, EMA teacher, PyTorch's default layout (as ``pretrain`` holds the network),
+  ``pretrain``'s precision (``--amp``: bf16 autocast on CUDA and on a CPU with bf16 instructions); default
+  allocator.
 - ``pretrain+ckpt``: with gradient checkpointing.
 - ``pretrain+hugepages``, ``pretrain+ckpt+hugepages``: with ``--cpu-allocator hugepages`` (``pretrain``'s
   default: transparent huge pages for large tensors, so a step faults 512× fewer pages).
 - ``pretrain+hugepages+channels-last``: ``pretrain``'s defaults with channels-last convolution weights on a CPU
   (fine-tuning's layout there) — what the layout does to the whole pretraining step (nothing measurable at B,
   slower at tiny: why ``pretrain`` keeps the default layout).
+- ``pretrain+hugepages+fp32``: ``pretrain``'s defaults in fp32 (``--no-amp``): what bf16 autocast gives.
 - ``floor+hugepages``: the floor with huge pages — what the allocator alone gives the bare model.
 - ``pretrain+retain`` (on request): ``--cpu-allocator retain`` (glibc keeps freed memory mapped; about twice
   the peak memory, out of memory at B on 24 GB).
@@ -48,6 +51,7 @@ VARIANTS = {
     "pretrain+ckpt+hugepages": {"cpu_allocator": "hugepages", "gradient_checkpointing": True},
     "pretrain+retain": {"cpu_allocator": "retain"},
     "floor+hugepages": {"cpu_allocator": "hugepages"},
+    "pretrain+hugepages+fp32": {"cpu_allocator": "hugepages", "amp": False},
 }
 DEFAULT_VARIANTS = [v for v in VARIANTS if v != "pretrain+retain"]
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -58,6 +62,8 @@ def child(variant: str, size: str, steps: int, data: list[str], cache: str, devi
     from voco_backend.cpu_memory import use_cpu_allocator
 
     options = dict(VARIANTS[variant])
+    if variant.startswith("floor") and device == "cpu":
+        options["amp"] = False  # the plain floor on a CPU is fp32
     monai_attention = options.pop(MONAI_ATTENTION, False)
     channels_last = options.pop(CHANNELS_LAST, False)
     if device == "cpu":  # before the first large tensor of this process
