@@ -127,7 +127,7 @@ def _check_memory(config: PretrainConfig, model: VoCoModel, ctx: DistContext) ->
         crops=config.volumes_per_step * (config.random_crops + grid.num_bases),
         crop_voxels=side * side * (grid.crop_resize or grid.depth),
         gradient_checkpointing=config.gradient_checkpointing,
-        # a CPU's bf16 autocast is estimated as fp32: it measured 0.78-0.82x that peak, so the guard errs safe
+        # a CPU's bf16 autocast is estimated as fp32: it measured 0.63-0.83x that peak, so the guard errs safe
         half_precision=ctx.device.type == "cuda" and config.amp,
         extra_parameters=frozen,
     )

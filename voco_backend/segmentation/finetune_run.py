@@ -99,7 +99,7 @@ def _check_memory(config: FinetuneConfig, model: nn.Module, device: torch.device
         crops=config.batch_size,
         crop_voxels=config.roi**3,
         gradient_checkpointing=config.gradient_checkpointing,
-        # a CPU's bf16 autocast is estimated as fp32: it measured 0.78-0.82x that peak, so the guard errs safe
+        # a CPU's bf16 autocast is estimated as fp32: it measured 0.63-0.83x that peak, so the guard errs safe
         half_precision=device.type == "cuda" and config.amp,
         decoder=True,
     )
