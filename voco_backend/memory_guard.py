@@ -53,6 +53,14 @@ class StepShape:
     extra_parameters: int = 0  # e.g. a whole-network EMA teacher (weights only)
 
 
+def estimated_as_half_precision(device: torch.device, amp: bool) -> bool:
+    """Whether a training step with ``--amp`` is estimated at half precision: on CUDA only.
+
+    A CPU's bf16 autocast is estimated as fp32: it measured 0.63-0.83x that peak, so the guard errs safe.
+    """
+    return device.type == "cuda" and amp
+
+
 def estimate_peak_bytes(shape: StepShape) -> float:
     """The estimated peak memory of one step of ``shape``, in bytes."""
     per_voxel = ACTIVATION_BYTES_PER_VOXEL + ACTIVATION_BYTES_PER_FEATURE * shape.feature_size

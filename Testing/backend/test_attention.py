@@ -109,16 +109,13 @@ def test_bf16_autocast_training_attention_is_as_close_to_fp32_as_monais_own(shif
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return module(inputs, mask).float()
 
-    exact = _grads(reference, x, call)
-    monai_bf16 = _grads(reference, x, call_bf16)
-    ours_bf16 = _grads(ours, x, call_bf16)
-    pairs = [("output", 0), ("input gradient", 1)]
-    for label, index in pairs:
-        theirs, mine = _relative_l2(monai_bf16[index], exact[index]), _relative_l2(ours_bf16[index], exact[index])
+    def named(result: tuple) -> dict:
+        return {"output": result[0], "input gradient": result[1], **result[2]}
+
+    exact, monai_bf16, ours_bf16 = (
+        named(_grads(module, x, how)) for module, how in ((reference, call), (reference, call_bf16), (ours, call_bf16))
+    )
+    for label, reference_value in exact.items():
+        theirs = _relative_l2(monai_bf16[label], reference_value)
+        mine = _relative_l2(ours_bf16[label], reference_value)
         assert mine <= max(2 * theirs, 1e-3) and mine < 0.03, (label, mine, theirs)
-    for name in exact[2]:
-        theirs, mine = (
-            _relative_l2(monai_bf16[2][name], exact[2][name]),
-            _relative_l2(ours_bf16[2][name], exact[2][name]),
-        )
-        assert mine <= max(2 * theirs, 1e-3) and mine < 0.03, (name, mine, theirs)

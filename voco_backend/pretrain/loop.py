@@ -32,7 +32,7 @@ from voco_backend.distributed import (
     shutdown,
 )
 from voco_backend.errors import Cancelled, UsageError
-from voco_backend.memory_guard import StepShape, check_step_memory, processes_per_machine
+from voco_backend.memory_guard import StepShape, check_step_memory, estimated_as_half_precision, processes_per_machine
 from voco_backend.networks import MERGE_MONAI15, feature_size_of
 from voco_backend.pretrain.checkpoint import load_checkpoint, save_checkpoint
 from voco_backend.pretrain.config import PretrainConfig
@@ -127,8 +127,7 @@ def _check_memory(config: PretrainConfig, model: VoCoModel, ctx: DistContext) ->
         crops=config.volumes_per_step * (config.random_crops + grid.num_bases),
         crop_voxels=side * side * (grid.crop_resize or grid.depth),
         gradient_checkpointing=config.gradient_checkpointing,
-        # a CPU's bf16 autocast is estimated as fp32: it measured 0.63-0.83x that peak, so the guard errs safe
-        half_precision=ctx.device.type == "cuda" and config.amp,
+        half_precision=estimated_as_half_precision(ctx.device, config.amp),
         extra_parameters=frozen,
     )
     advice = (

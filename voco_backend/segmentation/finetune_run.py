@@ -22,7 +22,7 @@ from voco_backend.cpu_memory import apply_cpu_allocator
 from voco_backend.data.recipe import Recipe
 from voco_backend.devices import resolve_device
 from voco_backend.errors import UsageError
-from voco_backend.memory_guard import StepShape, check_step_memory
+from voco_backend.memory_guard import StepShape, check_step_memory, estimated_as_half_precision
 from voco_backend.networks import build_swinunetr, feature_size_of, use_channels_last
 from voco_backend.protocol import Reporter
 from voco_backend.resume import LAST_CHECKPOINT
@@ -99,8 +99,7 @@ def _check_memory(config: FinetuneConfig, model: nn.Module, device: torch.device
         crops=config.batch_size,
         crop_voxels=config.roi**3,
         gradient_checkpointing=config.gradient_checkpointing,
-        # a CPU's bf16 autocast is estimated as fp32: it measured 0.63-0.83x that peak, so the guard errs safe
-        half_precision=device.type == "cuda" and config.amp,
+        half_precision=estimated_as_half_precision(device, config.amp),
         decoder=True,
     )
     advice = "use a smaller --batch-size or --roi" + (
