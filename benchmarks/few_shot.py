@@ -97,6 +97,7 @@ def finetune(
         seed=seed,
         device=args.device,
         amp=args.amp,
+        augment=args.augment,
     )
     run(config, Reporter(stdout=io.StringIO(), stderr=io.StringIO()), CancelToken())
     return json.loads((out / "model.json").read_text())["training"]["validations"]
@@ -181,6 +182,7 @@ def main() -> None:
         default=True,
         help="our rows' finetune --amp (bf16 on a CPU with bf16 instructions; --no-amp: fp32)",
     )
+    parser.add_argument("--augment", default="voco", choices=["voco", "nnunet"], help="our rows' finetune --augment")
     parser.add_argument("--val-every", type=int, default=10)
     parser.add_argument("--val-cases", type=int, default=4, help="the last N cases by name are the validation set")
     parser.add_argument("--model-size", default="tiny")

@@ -26,6 +26,7 @@ from voco_backend.devices import DEVICES
 from voco_backend.errors import UsageError
 from voco_backend.networks import FEATURE_SIZES
 from voco_backend.protocol import Reporter
+from voco_backend.segmentation.training_data import AUGMENTATIONS
 
 
 @dataclasses.dataclass
@@ -64,6 +65,13 @@ class FinetuneConfig:
         help="crop centres: classes (every class, background included, equally often) or posneg (the official "
         "9:1 foreground/background)",
         choices=["classes", "posneg"],
+    )
+    augment: str = field(
+        "voco",
+        help="crop augmentation: voco (the official fine-tuning set: flips, rot90, intensity scale/shift) or nnunet "
+        "(nnU-Net's default set: rotation and scaling, noise, blur, brightness, contrast, low resolution, gamma, "
+        "flips)",
+        choices=list(AUGMENTATIONS),
     )
     model_size: str = field(
         "B", help="network size: tiny (fs 12, CPU tests), B (48), L (96), H (192)", choices=list(FEATURE_SIZES)
@@ -113,6 +121,7 @@ class FinetuneConfig:
         check_choice("device", self.device, DEVICES)
         check_choice("cpu_allocator", self.cpu_allocator, CPU_ALLOCATORS)
         check_choice("crops", self.crops, ["classes", "posneg"])
+        check_choice("augment", self.augment, AUGMENTATIONS)
         if not math.isfinite(self.max_minutes) or self.max_minutes < 0:
             raise UsageError(f"field 'max_minutes' must be a number >= 0 (0: no limit), got {self.max_minutes!r}")
         if not self.images:

@@ -55,6 +55,7 @@ class Schedule:
     amp: bool
     mirror_left_right: bool = False
     crops: str = "classes"
+    augment: str = "voco"
     max_seconds: float = 0.0  # stop at the first step boundary after this much training time (0: no limit)
 
     @classmethod
@@ -150,7 +151,12 @@ class FineTuner:
         self.scaler = torch.amp.GradScaler(device.type, enabled=scaled)
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
         self.transforms = train_transforms(
-            info.roi, schedule.batch_size, schedule.mirror_left_right, info.out_channels, schedule.crops
+            info.roi,
+            schedule.batch_size,
+            schedule.mirror_left_right,
+            info.out_channels,
+            schedule.crops,
+            schedule.augment,
         )
         self.progress = Progress()
         self.lr = schedule.lr  # the learning rate of the last step
@@ -171,6 +177,7 @@ class FineTuner:
             "batch_size": self.schedule.batch_size,
             "mirror_left_right": self.schedule.mirror_left_right,
             "crops": self.schedule.crops,
+            "augment": self.schedule.augment,
         }
 
     def save_last(self) -> None:
@@ -200,6 +207,7 @@ class FineTuner:
             raise DataError(
                 f"not a readable fine-tuning checkpoint ({type(exc).__name__})", file=self.last_path
             ) from exc
+        setup.setdefault("augment", "voco")  # checkpoints from before --augment
         changed = sorted(k for k, v in self._setup().items() if setup.get(k) != v)
         if changed:
             raise UsageError(
