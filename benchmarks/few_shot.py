@@ -93,7 +93,8 @@ def finetune(
         model_size=args.model_size,
         roi=args.roi,
         batch_size=args.batch_size,
-        spacing=args.spacing,
+        spacing=None if args.spacing_from_fov else args.spacing,
+        spacing_from_fov=args.spacing_from_fov,
         seed=seed,
         device=args.device,
         amp=args.amp,
@@ -189,6 +190,11 @@ def main() -> None:
     parser.add_argument("--roi", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--spacing", type=float, nargs=3, default=[1.5, 1.5, 1.5])
+    parser.add_argument(
+        "--spacing-from-fov",
+        action="store_true",
+        help="our rows' finetune --spacing-from-fov (one ROI spans the median field of view) instead of --spacing",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument(
         "--threads",
@@ -247,11 +253,12 @@ def main() -> None:
                 report_run(shots, "nnU-Net v2", seed, dice)
 
     budget = f"{args.budget_minutes:g} min of training" if args.budget_minutes else f"{args.steps} steps"
+    spacing = "from FOV" if args.spacing_from_fov else args.spacing
     print(
         f"\nfew_shot: STS, validation on {', '.join(i.name[:7] for i, _ in val)}; {args.model_size}, "
-        f"{budget}, roi {args.roi}, spacing {args.spacing}, lr {args.lr or 'default'}, window "
+        f"{budget}, roi {args.roi}, spacing {spacing}, lr {args.lr or 'default'}, window "
         f"{'from labels' if args.window_from_labels else 'default'}, seeds {args.seeds}, device {args.device}, "
-        f"threads {args.threads or 'default'}, amp {args.amp}\n"
+        f"threads {args.threads or 'default'}, amp {args.amp}, augment {args.augment}\n"
     )
     names = [*inits, *(["nnU-Net v2"] if "nnunet" in rows else [])]
     print(

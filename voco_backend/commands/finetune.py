@@ -88,6 +88,12 @@ class FinetuneConfig:
     spacing: list[float] | None = field(
         None, help="resampling spacing in mm (x y z) (default: the --init encoder's recommended one, else 1.5)", nargs=3
     )
+    spacing_from_fov: bool = field(
+        False,
+        help="resample isotropically so that one --roi crop spans the training images' median field of view (their "
+        "largest extent), never finer than their native spacing: the whole context in every crop, for short "
+        "budgets (a CPU); instead of --spacing",
+    )
     window: list[float] | None = field(
         None,
         help="HU window mapped to [0, 1] (low high) (default: the --init encoder's recommended one, e.g. -175 250 "
@@ -148,6 +154,8 @@ class FinetuneConfig:
         check_range("warmup_steps", self.warmup_steps, 0, self.steps)
         if self.spacing is not None and min(self.spacing) <= 0:
             raise UsageError(f"field 'spacing' must be three positive numbers (mm), got {self.spacing}")
+        if self.spacing is not None and self.spacing_from_fov:
+            raise UsageError("give either field 'spacing' or field 'spacing_from_fov', not both")
         if self.window is not None and self.window_from_labels:
             raise UsageError("give either field 'window' or field 'window_from_labels', not both")
         if self.window is not None and self.window[0] >= self.window[1]:

@@ -130,6 +130,18 @@ def foreground_window(pairs: list[LabelledImage]) -> tuple[float, float]:
     return low, high
 
 
+def fov_spacing(images: list[sitk.Image], roi: int) -> tuple[float, float, float]:
+    """The isotropic spacing at which ``roi`` voxels span the median field of view (``--spacing-from-fov``).
+
+    A case's field of view is its largest physical extent. The spacing is never finer than the median of the
+    images' finest native spacing: it does not invent resolution.
+    """
+    extent = float(np.median([max(n * s for n, s in zip(i.GetSize(), i.GetSpacing(), strict=True)) for i in images]))
+    native = float(np.median([min(i.GetSpacing()) for i in images]))
+    side = max(extent / roi, native)
+    return (side, side, side)
+
+
 def read_cases(
     config: FinetuneConfig,
     pairs: tuple[list[LabelledImage], list[LabelledImage]],
@@ -182,6 +194,12 @@ def train(config: FinetuneConfig, reporter: Reporter, cancel: CancelToken) -> di
         reporter.log(
             f"window {window[0]:.0f}…{window[1]:.0f} HU: the 0.5–99.5 percentiles of the training labels' "
             "foreground (--window-from-labels)"
+        )
+    if config.spacing_from_fov:
+        spacing = fov_spacing([p.image for p in pairs[0]], config.roi)
+        reporter.log(
+            f"spacing {spacing[0]:.2f} mm: one {config.roi}³ crop spans the training images' median field of view "
+            "(--spacing-from-fov)"
         )
     recipe = Recipe(spacing=spacing, window=window, min_size=roi)
     classes, train_cases, val_cases = read_cases(config, pairs, recipe, reporter, cancel)
