@@ -7,6 +7,7 @@ import errno
 import importlib
 import re
 import sys
+import textwrap
 import traceback
 from collections.abc import Sequence
 from types import ModuleType
@@ -59,6 +60,13 @@ def plain_text(docstring: str | None) -> str:
     return re.sub(r"::$", ":", (docstring or "").replace("``", ""), flags=re.MULTILINE)
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help wrapped at spaces only: names such as nnU-Net or --spacing-from-fov never split at their hyphen."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False, break_long_words=False)
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The argument parser; only ``command``'s module is imported (all of them for ``--help``)."""
     parser = _Parser(prog="voco-backend", description=plain_text(__doc__))
@@ -69,7 +77,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         if command in (None, name):
             module = _load(name)
             cmd.description = plain_text(module.__doc__)
-            cmd.formatter_class = argparse.RawDescriptionHelpFormatter
+            cmd.formatter_class = _HelpFormatter
             add_arguments(cmd, module.CONFIG)
             cmd.add_argument(
                 "--config",

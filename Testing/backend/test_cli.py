@@ -100,8 +100,10 @@ def _flag_or_name(f) -> str:
     return f.name.upper() if f.metadata.get("positional") else flag_name(f)
 
 
+@pytest.mark.parametrize("columns", ["60", "80", "200"])
 @pytest.mark.parametrize("command", list(COMMANDS))
-def test_help_names_every_default_and_the_required_arguments(command, capsys):
+def test_help_names_every_default_and_the_required_arguments(command, columns, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", columns)  # a terminal's width decides where argparse wraps
     with pytest.raises(SystemExit) as done:
         main([command, "--help"])
     assert done.value.code == 0
