@@ -77,6 +77,7 @@ class VoCoSlicerParameterNode:
     finetuneModelSize: Annotated[str, Choice(list(MODEL_SIZES))] = "B"
     finetuneRoi: Annotated[int, WithinRange(32, 256)] = ROI_AUTO
     finetuneMaxMinutes: Annotated[float, WithinRange(0.0, 10080.0)] = 0.0
+    finetuneSpacingFromFov: bool = False
     pretrainData: Path
     pretrainOutputFolder: Path
     pretrainSteps: Annotated[int, WithinRange(1, 10000000)] = 100
@@ -398,6 +399,7 @@ class VoCoSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             modelSize=parameters.finetuneModelSize,
             roi=None if parameters.finetuneRoi == ROI_AUTO else parameters.finetuneRoi,
             maxMinutes=parameters.finetuneMaxMinutes,
+            spacingFromFov=parameters.finetuneSpacingFromFov,
             device=parameters.device,
         )
 

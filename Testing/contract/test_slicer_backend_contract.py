@@ -91,6 +91,7 @@ FINETUNE_CASES = [
     {"roi": P.ROI_MINIMUM},
     {"roi": 256},
     {"spacing": (0.1, 0.1, 0.1)},
+    {"spacingFromFov": True},
     {"maxMinutes": 0.0},
     {"maxMinutes": 10080.0},
     {"init": "none"},
@@ -138,6 +139,8 @@ def test_every_finetune_parameter_the_panel_allows_is_accepted_by_the_backend(ch
     assert config.model_size == (parameters.modelSize or defaults["model_size"])
     assert config.roi == (parameters.roi or (64 if config.model_size == "tiny" else 96))  # the backend's choice
     assert config.max_minutes == (parameters.maxMinutes or 0.0)
+    assert config.spacing == (None if parameters.spacing is None else list(parameters.spacing))
+    assert config.spacing_from_fov == parameters.spacingFromFov
     assert (config.device, config.resume) == (parameters.device, parameters.resume)
     assert config.init == (parameters.init or defaults["init"])
     if parameters.classes is not None:
@@ -215,6 +218,7 @@ def test_the_panels_start_from_the_cli_defaults():
     assert panel["finetuneSteps"] == finetune["steps"]
     assert panel["finetuneModelSize"] == finetune["model_size"]
     assert panel["finetuneMaxMinutes"] == finetune["max_minutes"]
+    assert panel["finetuneSpacingFromFov"] == finetune["spacing_from_fov"]
     assert panel["finetuneInit"] == finetune["init"]
     assert panel["pretrainSteps"] == pretrain["steps"]
     assert panel["pretrainModelSize"] == pretrain["model_size"]

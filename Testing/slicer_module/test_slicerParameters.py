@@ -148,3 +148,11 @@ def test_finetune_max_minutes_zero_is_no_limit(minutes: float | None, flag: str 
 def test_finetune_max_minutes_must_not_be_negative() -> None:
     with pytest.raises(ParameterError, match=r"^maxMinutes must be 0"):
         FinetuneParameters(images=("a",), labels=("b",), outputModelDir="m", colorTable="c", maxMinutes=-1)
+
+
+def test_finetune_spacing_is_given_or_taken_from_the_field_of_view_never_both() -> None:
+    common = {"images": ("a",), "labels": ("b",), "outputModelDir": "m", "colorTable": "c"}
+    assert "--spacing-from-fov" in FinetuneParameters(**common, spacingFromFov=True).toArgv()
+    assert "--spacing-from-fov" not in FinetuneParameters(**common).toArgv()
+    with pytest.raises(ParameterError, match=r"^spacing or spacingFromFov"):  # the backend refuses both as well
+        FinetuneParameters(**common, spacing=(2.0, 2.0, 2.0), spacingFromFov=True)

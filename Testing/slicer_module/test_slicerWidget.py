@@ -99,6 +99,8 @@ def test_slicers_parameter_node_wrapper_binds_every_ui_parameter_with_the_ui_ran
         assert getattr(parameters, name) == high
     parameters.finetuneMaxMinutes = 30.0
     assert ui.finetuneMaxMinutesSpinBox.value == 30.0
+    ui.finetuneSpacingFromFovCheckBox.checked = True  # what a tick sets
+    assert parameters.finetuneSpacingFromFov is True
     ui.deviceComboBox.currentIndex = ui.deviceComboBox.findText("cpu")
     assert parameters.device == "cpu"
     assert isinstance(ui.finetuneModelSizeComboBox, qt.QComboBox)
@@ -288,6 +290,7 @@ def test_tutorial_fine_tune_pairs_the_segment_editors_source_volume(
     widget._parameterNode.finetuneOutputFolder = tmp_path / "my model"
     widget._parameterNode.finetuneMaxMinutes = 12.5
     widget._parameterNode.finetuneSteps = 3
+    widget._parameterNode.finetuneSpacingFromFov = True
     finished: list[Any] = []
     widget.onFinetuned = finished.append
     widget.ui.finetuneButton.click()
@@ -297,6 +300,7 @@ def test_tutorial_fine_tune_pairs_the_segment_editors_source_volume(
     argv = finished[0].result["argv"]
     assert argv[argv.index("--max-minutes") + 1] == "12.5"
     assert argv[argv.index("--steps") + 1] == "3"
+    assert "--spacing-from-fov" in argv
     assert registered == [str((tmp_path / "my model").resolve())]
     assert finished[0].output.name == "my registered model"  # the name it is listed under, not the folder's
     widget.cleanup()

@@ -295,8 +295,8 @@ class VoCoSlicerLogic:
 
         Each segment name becomes a class; a name that came from a model's result keeps that model's label value.
         ``options`` are the optional fields of :class:`FinetuneParameters` (``init``, ``steps``, ``modelSize``,
-        ``roi``, ``spacing``, ``maxMinutes``, ``device``, ``seed``, ``resume``): left out, the backend's default
-        applies. ``register`` adds the new folder to the user's models so it is listed by name.
+        ``roi``, ``spacing``, ``spacingFromFov``, ``maxMinutes``, ``device``, ``seed``, ``resume``): left out, the
+        backend's default applies. ``register`` adds the new folder to the user's models so it is listed by name.
 
         Returns:
             The run; on success its ``outcome.output`` is a :class:`FinetunedModel`.

@@ -141,6 +141,7 @@ class FinetuneParameters:
     modelSize: str | None = None
     roi: int | None = None
     spacing: tuple[float, float, float] | None = None
+    spacingFromFov: bool = False
     maxMinutes: float | None = None
     device: str = "auto"
     seed: int | None = None
@@ -170,6 +171,8 @@ class FinetuneParameters:
             raise ParameterError(f"maxMinutes must be 0 (no limit) or a number of minutes, got {self.maxMinutes}")
         if self.spacing is not None and (len(self.spacing) != 3 or min(self.spacing) <= 0):
             raise ParameterError(f"spacing must be three positive numbers (mm), got {self.spacing}")
+        if self.spacingFromFov and self.spacing is not None:
+            raise ParameterError("spacing or spacingFromFov: give at most one of them")
         if self.modelSize is not None:
             _checkChoice("modelSize", self.modelSize, MODEL_SIZES)
         _checkChoice("device", self.device, DEVICES)
@@ -189,6 +192,8 @@ class FinetuneParameters:
         ]
         if self.spacing is not None:
             argv += ["--spacing", *(str(s) for s in self.spacing)]
+        if self.spacingFromFov:
+            argv.append("--spacing-from-fov")
         if self.maxMinutes:  # 0 and None: no limit, the flag is left out
             argv += ["--max-minutes", f"{self.maxMinutes:g}"]
         argv += ["--device", self.device, *_optional("--seed", self.seed)]
