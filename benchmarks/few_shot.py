@@ -88,6 +88,7 @@ def finetune(
         warmup_steps=args.warmup_steps if args.warmup_steps is not None else min(args.steps // 10, 50),
         window_from_labels=args.window_from_labels,
         **({"lr": args.lr} if args.lr else {}),
+        **({"encoder_lr": args.encoder_lr} if args.encoder_lr else {}),
         val_every=args.val_every,
         checkpoint_every=UNLIMITED_STEPS if args.budget_minutes else args.steps,
         model_size=args.model_size,
@@ -171,6 +172,9 @@ def main() -> None:
         "with one row each run side by side under the same load",
     )
     parser.add_argument("--lr", type=float, help="peak learning rate of our rows (default: finetune's)")
+    parser.add_argument(
+        "--encoder-lr", type=float, help="our rows' finetune --encoder-lr (default: finetune's, from --lr)"
+    )
     parser.add_argument("--warmup-steps", type=int, help="warm-up steps of our rows (default: steps // 10, <= 50)")
     parser.add_argument(
         "--window-from-labels",
@@ -256,7 +260,8 @@ def main() -> None:
     spacing = "from FOV" if args.spacing_from_fov else args.spacing
     print(
         f"\nfew_shot: STS, validation on {', '.join(i.name[:7] for i, _ in val)}; {args.model_size}, "
-        f"{budget}, roi {args.roi}, spacing {spacing}, lr {args.lr or 'default'}, window "
+        f"{budget}, roi {args.roi}, spacing {spacing}, lr {args.lr or 'default'}, encoder lr "
+        f"{args.encoder_lr or 'default'}, window "
         f"{'from labels' if args.window_from_labels else 'default'}, seeds {args.seeds}, device {args.device}, "
         f"threads {args.threads or 'default'}, amp {args.amp}, augment {args.augment}\n"
     )

@@ -103,6 +103,8 @@ def main() -> None:
         "1",
         "--lr",
         FINETUNE_LR,
+        "--encoder-lr",
+        FINETUNE_LR,  # an 8-step encoder is barely trained: the whole network learns at the same rate
         "--steps",
         str(FINETUNE_STEPS),
         "--max-minutes",

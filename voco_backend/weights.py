@@ -21,17 +21,13 @@ from torch import nn
 
 from voco_backend.atomic import save_torch_atomic
 from voco_backend.errors import DataError, UsageError
-from voco_backend.networks import ENCODER_PREFIXES
+from voco_backend.networks import in_encoder, under
 
 WRAPPER_KEYS: tuple[str, ...] = ("state_dict", "network_weights", "net", "student", "model")
 STRIPPED_PREFIXES: tuple[str, ...] = ("module.", "backbone.")
 ENCODER_KEY_COUNT = 145
 V2_MARKER = "swinViT.layers1c."
 PATCH_EMBED = "swinViT.patch_embed.proj.weight"
-
-
-def _under(key: str, prefixes: Sequence[str]) -> bool:
-    return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
 def canonical_key(key: str) -> str:
@@ -140,7 +136,7 @@ class LoadReport:
     def summary(self) -> str:
         """One line for the user's log."""
         total = len(self.loaded) + len(self.missing) + len(self.shape_mismatch)
-        encoder = sum(_under(k, ENCODER_PREFIXES) for k in self.loaded)
+        encoder = sum(in_encoder(k) for k in self.loaded)
         text = f"loaded {len(self.loaded)}/{total} tensors ({encoder} encoder) from {self.source}"
         if self.missing:
             text += f"; kept fresh: {_groups(self.missing)}"
@@ -211,7 +207,7 @@ def load_pretrained(
     if not loaded_parameters:
         example = next(iter(state))
         raise DataError(f"no weight fits the model: checkpoint keys look like '{example}'", file=name)
-    if require and not any(_under(k, require) for k in loaded_parameters):
+    if require and not any(under(k, require) for k in loaded_parameters):
         raise DataError(f"none of the {', '.join(require)} weights fit the model", file=name)
     model.load_state_dict({k: state[k] for k in loaded}, strict=False)
     unexpected = [k for k in state if k not in target]
@@ -229,9 +225,7 @@ def encoder_state(model_or_state: nn.Module | Mapping[str, Any]) -> dict[str, to
     else:
         state = normalize_state(model_or_state, "<state dict>")
     encoder = {
-        k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
-        for k, v in state.items()
-        if _under(k, ENCODER_PREFIXES)
+        k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in state.items() if in_encoder(k)
     }
     if len(encoder) != ENCODER_KEY_COUNT or not any(k.startswith(V2_MARKER) for k in encoder):
         raise DataError(

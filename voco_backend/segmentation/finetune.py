@@ -27,6 +27,7 @@ from voco_backend.atomic import save_torch_atomic
 from voco_backend.cancel import CancelToken
 from voco_backend.devices import autocast, training_precision
 from voco_backend.errors import Cancelled, DataError, UsageError
+from voco_backend.networks import in_encoder
 from voco_backend.protocol import Reporter
 from voco_backend.resume import LAST_CHECKPOINT, rng_state, set_rng_state
 from voco_backend.segmentation.inference import sliding_window_probabilities
@@ -57,12 +58,22 @@ class Schedule:
     crops: str = "classes"
     augment: str = "voco"
     max_seconds: float = 0.0  # stop at the first step boundary after this much training time (0: no limit)
+    encoder_lr: float | None = None  # the encoder path's peak learning rate (None: lr)
 
     @classmethod
     def from_config(cls, config: FinetuneConfig) -> Schedule:
         """The schedule of a ``finetune`` config (its fields of the same names; ``max_minutes`` in seconds)."""
         names = [f.name for f in dataclasses.fields(cls) if f.name != "max_seconds"]
         return cls(**{name: getattr(config, name) for name in names}, max_seconds=config.max_minutes * 60.0)
+
+
+def parameter_groups(model: torch.nn.Module, lr: float, encoder_lr: float | None) -> list[dict[str, Any]]:
+    """AdamW's parameter groups: the fresh layers at ``lr`` first, then the encoder path at ``encoder_lr``."""
+    named = list(model.named_parameters())
+    return [
+        {"params": [p for name, p in named if not in_encoder(name)], "lr": lr},
+        {"params": [p for name, p in named if in_encoder(name)], "lr": lr if encoder_lr is None else encoder_lr},
+    ]
 
 
 def budget_lr_scale(seconds: float, max_seconds: float) -> float:
@@ -146,8 +157,7 @@ class FineTuner:
         self.model, self.info, self.folder, self.schedule, self.device = model, info, folder, schedule, device
         self.train_cases, self.val_cases = list(train_cases), list(val_cases)
         self.dtype, scaled = training_precision(device, schedule.amp)
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=schedule.lr, weight_decay=schedule.weight_decay)
-        self.scheduler = WarmupCosineSchedule(self.optimizer, schedule.warmup_steps, schedule.steps)
+        self.optimizer, self.scheduler = self._optimizer(parameter_groups(model, schedule.lr, schedule.encoder_lr))
         self.scaler = torch.amp.GradScaler(device.type, enabled=scaled)
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
         self.transforms = train_transforms(
@@ -159,7 +169,13 @@ class FineTuner:
             schedule.augment,
         )
         self.progress = Progress()
-        self.lr = schedule.lr  # the learning rate of the last step
+        self.lr = schedule.lr  # the fresh layers' learning rate of the last step
+
+    def _optimizer(
+        self, groups: list[dict[str, Any]]
+    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        optimizer = torch.optim.AdamW(groups, weight_decay=self.schedule.weight_decay)
+        return optimizer, WarmupCosineSchedule(optimizer, self.schedule.warmup_steps, self.schedule.steps)
 
     @property
     def last_path(self) -> Path:
@@ -221,6 +237,8 @@ class FineTuner:
                 file=self.last_path,
             )
         self.model.load_state_dict(state["model"])
+        if len(state["optimizer"]["param_groups"]) == 1:  # from before --encoder-lr: one rate, as it was made
+            self.optimizer, self.scheduler = self._optimizer([{"params": list(self.model.parameters())}])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scheduler.t_total = self.schedule.steps

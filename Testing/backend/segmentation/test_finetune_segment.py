@@ -17,6 +17,7 @@ import torch
 from backend_cli import TINY_FINETUNE as TINY
 from backend_cli import backend, events, start
 
+from voco_backend.commands.finetune import ENCODER_LR_SCALE, FinetuneConfig
 from voco_backend.data.io import read_image
 from voco_backend.data.recipe import Recipe
 from voco_backend.networks import SwinEncoder, build_swinunetr
@@ -90,6 +91,8 @@ def test_one_shot_finetune_writes_a_complete_model_folder(trained):
     build_swinunetr("tiny", 2).load_state_dict(state)  # strict: every tensor present with its shape
     last = torch.load(folder / "checkpoint_last.pt", weights_only=True)
     assert last["progress"]["step"] == 3
+    lr = FinetuneConfig.__dataclass_fields__["lr"].default  # --init: the encoder slower
+    assert [g["initial_lr"] for g in last["optimizer"]["param_groups"]] == pytest.approx([lr, lr * ENCODER_LR_SCALE])
     assert not [p for p in folder.iterdir() if ".partial" in p.name]
     logs = [e["message"] for e in run.of("log")]
     assert any(m.startswith("initialisation: loaded ") for m in logs)

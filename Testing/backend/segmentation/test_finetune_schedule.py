@@ -1,8 +1,10 @@
-"""``finetune --max-minutes``: training stops at the first step boundary after the budget and keeps the best model.
+"""The fine-tuning loop's schedule: ``--max-minutes`` and the learning rates of the encoder and the fresh layers.
 
-The clock of the fine-tuning loop is replaced by one that advances 10 s per reading, so the budget is reached
-after a known number of steps without waiting; the network is a one-layer stand-in (the loop, not the
-architecture, is under test).
+Under ``--max-minutes`` training stops at the first step boundary after the budget and keeps the best model. The
+clock of the fine-tuning loop is replaced by one that advances 10 s per reading, so the budget is reached after a
+known number of steps without waiting. The network is a two-layer stand-in of ours whose first layer is named
+like SwinUNETR's encoder path (the loop, not the architecture, is under test); the grouping itself is checked
+on the real SwinUNETR-v2 against what an encoder file holds.
 """
 
 from __future__ import annotations
@@ -16,14 +18,16 @@ import torch
 from backend_cli import events
 
 from voco_backend.cancel import CancelToken
-from voco_backend.commands.finetune import FinetuneConfig
+from voco_backend.commands.finetune import ENCODER_LR_SCALE, FinetuneConfig
 from voco_backend.data.recipe import Recipe
 from voco_backend.errors import UsageError
+from voco_backend.networks import build_swinunetr
 from voco_backend.protocol import Reporter
 from voco_backend.segmentation import finetune as finetune_module
-from voco_backend.segmentation.finetune import MODEL_PT, FineTuner, Schedule
+from voco_backend.segmentation.finetune import MODEL_PT, FineTuner, Schedule, parameter_groups
 from voco_backend.segmentation.labels import SegmentClass
 from voco_backend.segmentation.model_folder import ModelInfo
+from voco_backend.weights import encoder_state
 
 SIDE = 16
 
@@ -39,7 +43,19 @@ class Clock:
         return self.now
 
 
-def tuner(folder, steps: int, max_seconds: float) -> FineTuner:
+class TwoLayers(torch.nn.Module):
+    """Stand-in network: an "encoder" (``swinViT``) and a fresh output layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.swinViT = torch.nn.Conv3d(1, 4, 3, padding=1)
+        self.out = torch.nn.Conv3d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.swinViT(x)))
+
+
+def tuner(folder, steps: int, max_seconds: float, encoder_lr: float | None = None) -> FineTuner:
     torch.manual_seed(0)
     image = torch.rand(1, SIDE, SIDE, SIDE)
     label = torch.zeros(1, SIDE, SIDE, SIDE, dtype=torch.uint8)
@@ -57,8 +73,9 @@ def tuner(folder, steps: int, max_seconds: float) -> FineTuner:
         seed=0,
         amp=False,
         max_seconds=max_seconds,
+        encoder_lr=encoder_lr,
     )
-    model = torch.nn.Conv3d(1, 2, 3, padding=1)
+    model = TwoLayers()
     return FineTuner(model, info, folder, schedule, torch.device("cpu"), [case], [case])
 
 
@@ -117,3 +134,46 @@ def test_max_minutes_flag_reaches_the_config():
         ["finetune", "--images", "a", "--labels", "b", "--out", "m", "--max-minutes", "2.5"]
     )
     assert args.max_minutes == 2.5
+
+
+def test_the_encoder_group_is_exactly_what_an_encoder_file_holds():
+    model = build_swinunetr("tiny", 2)
+    fresh, encoder = parameter_groups(model, lr=1e-3, encoder_lr=1e-4)
+    name_of = {id(p): name for name, p in model.named_parameters()}
+    parameters = {name for name, _ in model.named_parameters()}
+    assert {name_of[id(p)] for p in encoder["params"]} == set(encoder_state(model)) & parameters
+    assert {name_of[id(p)] for p in fresh["params"]} == parameters - set(encoder_state(model))
+    assert (fresh["lr"], encoder["lr"]) == (1e-3, 1e-4)
+    assert parameter_groups(model, lr=1e-3, encoder_lr=None)[1]["lr"] == 1e-3
+
+
+@pytest.mark.parametrize(
+    ("init", "given", "expected"),
+    [("none", None, 2e-3), ("runs/b/encoder.pt", None, 2e-3 * ENCODER_LR_SCALE), ("VoCo_B_SSL_head", 5e-4, 5e-4)],
+)
+def test_the_encoder_learns_at_the_fresh_layers_rate_from_scratch_and_slower_from_an_init(init, given, expected):
+    config = FinetuneConfig(images=["a"], labels=["b"], out="m", init=init, lr=2e-3, encoder_lr=given)
+    assert config.encoder_lr == pytest.approx(expected)
+    assert Schedule.from_config(config).encoder_lr == pytest.approx(expected)
+
+
+def test_each_group_follows_its_own_peak_through_the_schedule(tmp_path, monkeypatch):
+    monkeypatch.setattr(finetune_module, "time", Clock(10.0))
+    run = tuner(tmp_path, steps=6, max_seconds=0.0, encoder_lr=1e-3)
+    run.run(Reporter(stdout=io.StringIO(), stderr=io.StringIO()), CancelToken())
+    groups = torch.load(run.last_path, weights_only=True)["optimizer"]["param_groups"]
+    assert [g["initial_lr"] for g in groups] == [1e-2, 1e-3]
+    assert groups[1]["lr"] == pytest.approx(groups[0]["lr"] / 10)
+
+
+def test_a_checkpoint_with_one_learning_rate_resumes_as_it_was_made(tmp_path, monkeypatch):
+    monkeypatch.setattr(finetune_module, "time", Clock(10.0))
+    quiet = Reporter(stdout=io.StringIO(), stderr=io.StringIO())
+    before = tuner(tmp_path, steps=2, max_seconds=0.0)
+    # what fine-tuning wrote before --encoder-lr: one parameter group for the whole network
+    before.optimizer, before.scheduler = before._optimizer([{"params": list(before.model.parameters())}])
+    before.run(quiet, CancelToken())
+    resumed = tuner(tmp_path, steps=4, max_seconds=0.0, encoder_lr=1e-3)
+    resumed.resume()
+    assert resumed.progress.step == 2 and len(resumed.optimizer.param_groups) == 1
+    assert resumed.run(quiet, CancelToken()).step == 4
