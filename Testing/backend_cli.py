@@ -21,6 +21,24 @@ TINY_PRETRAIN = [
 ]  # fmt: skip
 
 
+def sts_pairs(shared_data, cases: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """The CT images and tumour masks of the IBSI STS ``cases`` (e.g. ``"STS_002"``) in ``../shared/data``."""
+    folder = shared_data / "ibsi_sts"
+    return (
+        [str(folder / f"{case}_CT_image.nii.gz") for case in cases],
+        [str(folder / f"{case}_CT_mask.nii.gz") for case in cases],
+    )
+
+
+def loop_schedule(**fields):
+    """A fine-tuning loop's ``Schedule`` for in-process tests: 1 step, 1 crop, fp32, no warm-up; ``fields`` win."""
+    from voco_backend.segmentation.finetune import Schedule
+
+    defaults = {"steps": 1, "batch_size": 1, "lr": 1e-3, "weight_decay": 0.0, "warmup_steps": 0}
+    defaults |= {"val_every": 100, "checkpoint_every": 100, "seed": 0, "amp": False}
+    return Schedule(**(defaults | fields))
+
+
 @dataclasses.dataclass
 class CliRun:
     """A finished backend process."""

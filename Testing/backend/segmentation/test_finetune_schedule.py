@@ -15,7 +15,7 @@ import math
 
 import pytest
 import torch
-from backend_cli import events
+from backend_cli import events, loop_schedule
 
 from voco_backend.cancel import CancelToken
 from voco_backend.commands.finetune import ENCODER_LR_SCALE, FinetuneConfig
@@ -62,19 +62,7 @@ def tuner(folder, steps: int, max_seconds: float, encoder_lr: float | None = Non
     label[:, 4:12, 4:12, 4:12] = 1
     case = finetune_module.Case("cube", image, label)
     info = ModelInfo("t", "tiny", [SegmentClass("cube", 1, (1.0, 0.0, 0.0))], Recipe(), (SIDE,) * 3)
-    schedule = Schedule(
-        steps=steps,
-        batch_size=1,
-        lr=1e-2,
-        weight_decay=0.0,
-        warmup_steps=0,
-        val_every=100,
-        checkpoint_every=100,
-        seed=0,
-        amp=False,
-        max_seconds=max_seconds,
-        encoder_lr=encoder_lr,
-    )
+    schedule = loop_schedule(steps=steps, lr=1e-2, max_seconds=max_seconds, encoder_lr=encoder_lr)
     model = TwoLayers()
     return FineTuner(model, info, folder, schedule, torch.device("cpu"), [case], [case])
 

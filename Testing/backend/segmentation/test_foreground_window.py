@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from backend_cli import TINY_FINETUNE, backend
+from backend_cli import TINY_FINETUNE, backend, sts_pairs
 
 from voco_backend.cancel import CancelToken
 from voco_backend.commands.finetune import FinetuneConfig
@@ -22,16 +22,8 @@ from voco_backend.segmentation.training_data import read_labelled
 CASES = ("STS_002", "STS_003")
 
 
-def sts_pairs(shared_data) -> tuple[list[str], list[str]]:
-    folder = shared_data / "ibsi_sts"
-    return (
-        [str(folder / f"{case}_CT_image.nii.gz") for case in CASES],
-        [str(folder / f"{case}_CT_mask.nii.gz") for case in CASES],
-    )
-
-
 def test_the_window_holds_the_tumours_intensities_and_leaves_out_air(shared_data):
-    images, labels = sts_pairs(shared_data)
+    images, labels = sts_pairs(shared_data, CASES)
     pairs = read_labelled(images, labels, CancelToken())
     low, high = foreground_window(pairs)
     tumour = np.concatenate(
@@ -47,7 +39,7 @@ def test_the_window_holds_the_tumours_intensities_and_leaves_out_air(shared_data
 
 
 def test_finetune_records_the_labels_window_in_the_model_so_segment_uses_it(shared_data, tmp_path):
-    images, labels = sts_pairs(shared_data)
+    images, labels = sts_pairs(shared_data, CASES)
     out = tmp_path / "model"
     run = backend(
         "finetune", "--images", *images, "--labels", *labels, "--classes", "tumour", "--steps", "1",

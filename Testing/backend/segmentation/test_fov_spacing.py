@@ -10,7 +10,7 @@ import json
 
 import pytest
 import SimpleITK as sitk
-from backend_cli import TINY_FINETUNE, backend
+from backend_cli import TINY_FINETUNE, backend, sts_pairs
 
 from voco_backend.cancel import CancelToken
 from voco_backend.commands.finetune import FinetuneConfig
@@ -25,16 +25,8 @@ ROI = 64
 CASES = ("STS_002", "STS_003")
 
 
-def sts_pairs(shared_data) -> tuple[list[str], list[str]]:
-    folder = shared_data / "ibsi_sts"
-    return (
-        [str(folder / f"{case}_CT_image.nii.gz") for case in CASES],
-        [str(folder / f"{case}_CT_mask.nii.gz") for case in CASES],
-    )
-
-
 def test_one_crop_spans_the_median_field_of_view_of_real_cases(shared_data):
-    pairs = read_labelled(*sts_pairs(shared_data), CancelToken())
+    pairs = read_labelled(*sts_pairs(shared_data, CASES), CancelToken())
     spacing = fov_spacing([p.image for p in pairs], ROI)
     assert spacing[0] == spacing[1] == spacing[2]
     recipe = Recipe(spacing=spacing, window=DEFAULT_WINDOW, min_size=(ROI,) * 3)
@@ -51,7 +43,7 @@ def test_the_spacing_is_never_finer_than_the_native_one():
 
 
 def test_finetune_records_the_spacing_in_the_model_so_segment_uses_it(shared_data, tmp_path):
-    images, labels = sts_pairs(shared_data)
+    images, labels = sts_pairs(shared_data, CASES)
     out = tmp_path / "model"
     options = [o for o in TINY_FINETUNE if o not in {"--spacing", "4"}]
     run = backend(

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from backend_cli import loop_schedule
 from scipy import ndimage
 
 from voco_backend.data.recipe import Recipe
@@ -22,7 +23,7 @@ from voco_backend.errors import DataError
 from voco_backend.networks import build_swinunetr
 from voco_backend.segmentation import finetune as finetune_module
 from voco_backend.segmentation import inference
-from voco_backend.segmentation.finetune import FineTuner, Schedule
+from voco_backend.segmentation.finetune import FineTuner
 from voco_backend.segmentation.inference import Segmenter
 from voco_backend.segmentation.labels import SegmentClass
 from voco_backend.segmentation.model_folder import MODEL_PT, ModelInfo, read_model_info, write_model_info
@@ -65,17 +66,7 @@ class FixedPrediction(torch.nn.Module):
 def _tuner(folder, reference: torch.Tensor, prediction: torch.Tensor) -> FineTuner:
     case = finetune_module.Case("c", torch.rand(1, SIDE, SIDE, SIDE), reference[None].to(torch.uint8))
     info = ModelInfo("t", "tiny", [SegmentClass("tumour", 1, (1.0, 0.0, 0.0))], Recipe(), (SIDE,) * 3)
-    schedule = Schedule(
-        steps=1,
-        batch_size=1,
-        lr=1e-3,
-        weight_decay=0.0,
-        warmup_steps=0,
-        val_every=1,
-        checkpoint_every=1,
-        seed=0,
-        amp=False,
-    )
+    schedule = loop_schedule(val_every=1, checkpoint_every=1)
     return FineTuner(FixedPrediction(prediction), info, folder, schedule, torch.device("cpu"), [case], [case])
 
 
