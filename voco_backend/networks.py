@@ -15,17 +15,6 @@ from voco_backend.errors import UsageError
 FEATURE_SIZES: dict[str, int] = {"tiny": 12, "B": 48, "L": 96, "H": 192}
 ENCODER_PREFIXES: tuple[str, ...] = ("swinViT", "encoder1", "encoder2", "encoder3", "encoder4", "encoder10")
 
-
-def under(key: str, prefixes: Sequence[str]) -> bool:
-    """Whether the state-dict ``key`` is one of ``prefixes`` or lies below one of them."""
-    return any(key == p or key.startswith(p + ".") for p in prefixes)
-
-
-def in_encoder(key: str) -> bool:
-    """Whether a SwinUNETR-v2 state-dict ``key`` is on the encoder path (what a VoCo encoder file holds)."""
-    return under(key, ENCODER_PREFIXES)
-
-
 MERGE_MONAI13 = "monai1.3"
 MERGE_MONAI15 = "monai1.5"
 MERGE_ORDERS: tuple[str, ...] = (MERGE_MONAI13, MERGE_MONAI15)
@@ -41,6 +30,16 @@ MONAI13_OFFSETS: tuple[tuple[int, int, int], ...] = (
     (0, 0, 1),
     (1, 1, 1),
 )
+
+
+def under(key: str, prefixes: Sequence[str]) -> bool:
+    """Whether the state-dict ``key`` is one of ``prefixes`` or lies below one of them."""
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def in_encoder(key: str) -> bool:
+    """Whether a SwinUNETR-v2 state-dict ``key`` is on the encoder path (what a VoCo encoder file holds)."""
+    return under(key, ENCODER_PREFIXES)
 
 
 class PatchMergingMonai13(PatchMergingV2):

@@ -29,7 +29,7 @@ from voco_backend.protocol import Reporter
 from voco_backend.segmentation.training_data import AUGMENTATIONS
 
 # The default peak learning rates. From scratch, 5-shot STS, tiny, 20 min on one core (benchmarks/few_shot.py,
-# seeds 0 and 1): 3e-3 reaches validation Dice 0.696 / 0.660 where 3e-4 reaches 0.631 / 0.597. A pretrained
+# seeds 0 and 1): 3e-3 reaches held-out Dice 0.696 / 0.660 where 3e-4 reaches 0.631 / 0.597. A pretrained
 # encoder (--init) keeps 3e-4, the rate every run used before, and only the fresh decoder takes the higher one.
 DEFAULT_LR = 3e-3
 ENCODER_LR_SCALE = 0.1
