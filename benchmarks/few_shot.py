@@ -135,6 +135,34 @@ def dice_per_patient(model: Path, val: list[tuple[Path, Path]], device: str) -> 
     return kept, raw
 
 
+def header(args: argparse.Namespace, val: list[tuple[Path, Path]], inits: dict[str, str], nnunet: bool) -> str:
+    """The run's settings: the shared ones, then our rows' (only when it has any), each as it resolved."""
+    from voco_backend.commands.finetune import DEFAULT_LR, ENCODER_LR_SCALE
+
+    budget = f"{args.budget_minutes:g} min of training" if args.budget_minutes else f"{args.steps} steps"
+    text = (
+        f"\nfew_shot: STS, validation on {', '.join(i.name[:7] for i, _ in val)}; {budget}, seeds {args.seeds}, "
+        f"device {args.device}, threads {args.threads or 'default'}"
+    )
+    if inits:
+        lr = args.lr or DEFAULT_LR
+        if args.encoder_lr:
+            encoder_lr = f"{args.encoder_lr:g}"
+        else:  # finetune's own default, which depends on the row's init
+            encoder_lr = " / ".join(
+                f"{name} {lr if init == 'none' else lr * ENCODER_LR_SCALE:g}" for name, init in inits.items()
+            )
+        spacing = "from FOV" if args.spacing_from_fov else " ".join(f"{s:g}" for s in args.spacing)
+        window = "from labels" if args.window_from_labels else "default"
+        text += (
+            f"\nour rows: {args.model_size}, roi {args.roi}, spacing {spacing} mm, lr {lr:g}, encoder lr "
+            f"{encoder_lr}, window {window}, amp {args.amp}, augment {args.augment}"
+        )
+    if nnunet:
+        text += "\nnnU-Net v2: its own default plan (spacing, patch, normalisation) and trainer, 3d_fullres"
+    return text + "\n"
+
+
 def mean_sd(values: list[float]) -> str:
     """``mean ± sd`` (sd 0 for one value)."""
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -256,15 +284,7 @@ def main() -> None:
                 patients.setdefault((shots, "nnU-Net v2"), []).append(dice)
                 report_run(shots, "nnU-Net v2", seed, dice)
 
-    budget = f"{args.budget_minutes:g} min of training" if args.budget_minutes else f"{args.steps} steps"
-    spacing = "from FOV" if args.spacing_from_fov else args.spacing
-    print(
-        f"\nfew_shot: STS, validation on {', '.join(i.name[:7] for i, _ in val)}; {args.model_size}, "
-        f"{budget}, roi {args.roi}, spacing {spacing}, lr {args.lr or 'default'}, encoder lr "
-        f"{args.encoder_lr or 'default'}, window "
-        f"{'from labels' if args.window_from_labels else 'default'}, seeds {args.seeds}, device {args.device}, "
-        f"threads {args.threads or 'default'}, amp {args.amp}, augment {args.augment}\n"
-    )
+    print(header(args, val, inits, nnunet="nnunet" in rows))
     names = [*inits, *(["nnU-Net v2"] if "nnunet" in rows else [])]
     print(
         "| shots | init | Dice per validation patient (seed mean) | mean ± sd over seeds | vs scratch "

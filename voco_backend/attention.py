@@ -52,7 +52,11 @@ class _WindowAttentionFunction(torch.autograd.Function):
             def fold(t: torch.Tensor) -> torch.Tensor:
                 return t.reshape(crops, windows * heads, n, d)
 
-            attn_mask = (bias[None] + mask[:, None]).reshape(1, windows * heads, n, n).to(q.dtype)
+            # The (windows · heads · n²) sum is written once, in the kernel's dtype, from a contiguous bias (a
+            # permuted one gives the sum its strides, and the reshape then copies it again). In bf16 only the
+            # masked entries round differently (±0.5 at -100), whose exp is 0 to fp32's resolution either way.
+            bias_q, mask_q = bias.to(q.dtype).contiguous(), mask.to(q.dtype)
+            attn_mask = (bias_q[None] + mask_q[:, None]).reshape(1, windows * heads, n, n)
             out = F.scaled_dot_product_attention(fold(q), fold(k), fold(v), attn_mask=attn_mask, scale=scale)
             out = out.reshape(b, heads, n, d)
         ctx.save_for_backward(q, k, v, out, bias, mask)
@@ -68,12 +72,7 @@ class _WindowAttentionFunction(torch.autograd.Function):
         q, k, v, grad_out = (t.contiguous() for t in (q, k, v, grad_out))
         grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         grad_bias = torch.zeros((heads, n, n), dtype=work, device=q.device)
-        bias_w = bias.to(work)
-        # MONAI's shifted-window mask adds -100 between tokens of different regions. exp(-100) is a subnormal
-        # float, which a CPU's vectorised exp computes about 20 times slower than a normal one: half the time of
-        # a masked block's backward. Against each row's unmasked entries (its diagonal never is) that term is far
-        # below fp32's resolution, so backward takes those entries to where exp is exactly 0: same gradients.
-        mask_w = mask.to(work).masked_fill(mask < 0, UNDERFLOW) if mask is not None else None
+        bias_w = bias.to(work).contiguous()  # the table's permuted view: a strided add per chunk otherwise
         # Σ_j P_ij·dP_ij = dO_i·O_i: the softmax backward's row term from the (n × d) output, not an (n × n) pass.
         rows_term = (grad_out.to(work) * out.to(work)).sum(-1, keepdim=True)
         chunk = max(1, CHUNK_BYTES // (3 * heads * n * n * torch.finfo(work).bits // 8))
@@ -81,9 +80,15 @@ class _WindowAttentionFunction(torch.autograd.Function):
             rows = slice(start, min(b, start + chunk))
             qc, kc, vc, gc = (t[rows].to(work) for t in (q, k, v, grad_out))
             scores = torch.matmul(qc * scale, kc.transpose(-2, -1)).add_(bias_w)
-            if mask_w is not None:
-                windows = torch.arange(rows.start, rows.stop, device=q.device) % mask_w.shape[0]
-                scores.add_(mask_w[windows][:, None])
+            if mask is not None:
+                windows = torch.arange(rows.start, rows.stop, device=q.device) % mask.shape[0]
+                # MONAI's shifted-window mask adds -100 between tokens of different regions. exp(-100) is a
+                # subnormal float, which a CPU's vectorised exp computes about 20 times slower than a normal one:
+                # half the time of a masked block's backward. Against each row's unmasked entries (its diagonal
+                # never is) that term is far below fp32's resolution, so backward takes those entries to where exp
+                # is exactly 0: same gradients. Set in place on this chunk's gathered copy of the mask.
+                mask_c = mask[windows].to(work)
+                scores.add_(mask_c.masked_fill_(mask_c < 0, UNDERFLOW)[:, None])
             probs = torch.softmax(scores, dim=-1)
             del scores
             grad_v[rows] = torch.matmul(probs.transpose(-2, -1), gc).to(v.dtype)
