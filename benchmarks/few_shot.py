@@ -100,6 +100,7 @@ def finetune(
         device=args.device,
         amp=args.amp,
         augment=args.augment,
+        deep_supervision=args.deep_supervision,
     )
     run(config, Reporter(stdout=io.StringIO(), stderr=io.StringIO()), CancelToken())
     return json.loads((out / "model.json").read_text())["training"]["validations"]
@@ -156,7 +157,8 @@ def header(args: argparse.Namespace, val: list[tuple[Path, Path]], inits: dict[s
         window = "from labels" if args.window_from_labels else "default"
         text += (
             f"\nour rows: {args.model_size}, roi {args.roi}, spacing {spacing} mm, lr {lr:g}, encoder lr "
-            f"{encoder_lr}, window {window}, amp {args.amp}, augment {args.augment}"
+            f"{encoder_lr}, window {window}, amp {args.amp}, augment {args.augment}, "
+            f"deep supervision {args.deep_supervision}"
         )
     if nnunet:
         text += "\nnnU-Net v2: its own default plan (spacing, patch, normalisation) and trainer, 3d_fullres"
@@ -216,6 +218,9 @@ def main() -> None:
         help="our rows' finetune --amp (bf16 on a CPU with bf16 instructions; --no-amp: fp32)",
     )
     parser.add_argument("--augment", default="voco", choices=["voco", "nnunet"], help="our rows' finetune --augment")
+    parser.add_argument(
+        "--deep-supervision", action="store_true", help="our rows' finetune --deep-supervision (heads on 1/2-1/8)"
+    )
     parser.add_argument("--val-every", type=int, default=10)
     parser.add_argument("--val-cases", type=int, default=4, help="the last N cases by name are the validation set")
     parser.add_argument("--model-size", default="tiny")

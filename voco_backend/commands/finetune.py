@@ -79,6 +79,11 @@ class FinetuneConfig:
         "flips)",
         choices=list(AUGMENTATIONS),
     )
+    deep_supervision: bool = field(
+        False,
+        help="also train 1x1x1 heads on the decoder's outputs at 1/2, 1/4 and 1/8 of the crop (nnU-Net's deep "
+        "supervision; loss weights halving per level, summing to 1); model.pt is the plain network",
+    )
     model_size: str = field(
         "B", help="network size: tiny (fs 12, CPU tests), B (48), L (96), H (192)", choices=list(FEATURE_SIZES)
     )

@@ -27,9 +27,10 @@ from voco_backend.atomic import save_torch_atomic
 from voco_backend.cancel import CancelToken
 from voco_backend.devices import autocast, training_precision
 from voco_backend.errors import Cancelled, DataError, UsageError
-from voco_backend.networks import in_encoder
+from voco_backend.networks import feature_size_of, in_encoder, use_channels_last
 from voco_backend.protocol import Reporter
 from voco_backend.resume import LAST_CHECKPOINT, rng_state, set_rng_state
+from voco_backend.segmentation.deep_supervision import DeepSupervision, deep_supervision_loss
 from voco_backend.segmentation.inference import sliding_window_probabilities
 from voco_backend.segmentation.model_folder import MODEL_PT, ModelInfo, write_model_info
 from voco_backend.segmentation.postprocess import LARGEST_COMPONENT, keep_largest_component
@@ -59,6 +60,7 @@ class Schedule:
     augment: str = "voco"
     max_seconds: float = 0.0  # stop at the first step boundary after this much training time (0: no limit)
     encoder_lr: float | None = None  # the encoder path's peak learning rate (None: lr)
+    deep_supervision: bool = False  # heads on the decoder's 1/2, 1/4, 1/8 outputs (a SwinUNETR only)
 
     @classmethod
     def from_config(cls, config: FinetuneConfig) -> Schedule:
@@ -157,9 +159,16 @@ class FineTuner:
         self.model, self.info, self.folder, self.schedule, self.device = model, info, folder, schedule, device
         self.train_cases, self.val_cases = list(train_cases), list(val_cases)
         self.dtype, scaled = training_precision(device, schedule.amp)
-        self.optimizer, self.scheduler = self._optimizer(parameter_groups(model, schedule.lr, schedule.encoder_lr))
-        self.scaler = torch.amp.GradScaler(device.type, enabled=scaled)
+        groups = parameter_groups(model, schedule.lr, schedule.encoder_lr)
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
+        self.deep: DeepSupervision | None = None
+        if schedule.deep_supervision:
+            self.deep = DeepSupervision(model, feature_size_of(info.model_size), info.out_channels).to(device)
+            use_channels_last(self.deep, device)
+            groups[0]["params"] += list(self.deep.parameters())  # fresh layers
+            self.loss = deep_supervision_loss(self.loss)
+        self.optimizer, self.scheduler = self._optimizer(groups)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=scaled)
         self.transforms = train_transforms(
             info.roi,
             schedule.batch_size,
@@ -194,6 +203,7 @@ class FineTuner:
             "mirror_left_right": self.schedule.mirror_left_right,
             "crops": self.schedule.crops,
             "augment": self.schedule.augment,
+            "deep_supervision": self.schedule.deep_supervision,
         }
 
     def save_last(self) -> None:
@@ -208,6 +218,7 @@ class FineTuner:
                 "setup": self._setup(),
                 "init": self.info.init,
                 "progress": dataclasses.asdict(self.progress),
+                "deep_supervision": self.deep.state_dict() if self.deep else {},
             },
             self.last_path,
         )
@@ -224,6 +235,7 @@ class FineTuner:
                 f"not a readable fine-tuning checkpoint ({type(exc).__name__})", file=self.last_path
             ) from exc
         setup.setdefault("augment", "voco")  # checkpoints from before --augment
+        setup.setdefault("deep_supervision", False)  # and from before --deep-supervision
         changed = sorted(k for k, v in self._setup().items() if setup.get(k) != v)
         if changed:
             raise UsageError(
@@ -237,6 +249,8 @@ class FineTuner:
                 file=self.last_path,
             )
         self.model.load_state_dict(state["model"])
+        if self.deep:
+            self.deep.load_state_dict(state["deep_supervision"])
         if len(state["optimizer"]["param_groups"]) == 1:  # from before --encoder-lr: one rate, as it was made
             self.optimizer, self.scheduler = self._optimizer([{"params": list(self.model.parameters())}])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -252,7 +266,11 @@ class FineTuner:
         image, label = image.to(self.device), label.to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, self.dtype):
-            loss = self.loss(self.model(image).float(), label)
+            logits = self.model(image)
+            if self.deep:  # the label map is downsampled (nearest) per level, which needs a float tensor
+                loss = self.loss(self.deep.outputs(logits), label.float())
+            else:
+                loss = self.loss(logits.float(), label)
         value = loss.detach().item()
         if not math.isfinite(value):
             raise DataError(f"the loss became {value} at step {self.progress.step + 1}; lower --lr")
