@@ -268,7 +268,7 @@ class FineTuner:
         with autocast(self.device, self.dtype):
             logits = self.model(image)
             if self.deep:  # the label map is downsampled (nearest) per level, which needs a float tensor
-                loss = self.loss(self.deep.outputs(logits), label.float())
+                loss = self.loss([out.float() for out in self.deep.outputs(logits)], label.float())
             else:
                 loss = self.loss(logits.float(), label)
         value = loss.detach().item()
