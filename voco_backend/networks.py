@@ -10,6 +10,7 @@ from monai.networks.nets.swin_unetr import PatchMergingV2
 from torch import nn
 
 from voco_backend.attention import use_sdpa_attention
+from voco_backend.convolutions import use_shallow_fp32_convolutions
 from voco_backend.errors import UsageError
 
 FEATURE_SIZES: dict[str, int] = {"tiny": 12, "B": 48, "L": 96, "H": 192}
@@ -30,8 +31,6 @@ MONAI13_OFFSETS: tuple[tuple[int, int, int], ...] = (
     (0, 0, 1),
     (1, 1, 1),
 )
-# The input depth up to which a 3-D convolution of a CPU bf16 training step runs in fp32 (ShallowFp32Conv3d).
-SHALLOW_DEPTH = 2
 
 
 def under(key: str, prefixes: Sequence[str]) -> bool:
@@ -60,47 +59,6 @@ class PatchMergingMonai13(PatchMergingV2):
             x = nn.functional.pad(x, (0, 0, 0, w % 2, 0, h % 2, 0, d % 2))
         x = torch.cat([x[:, i::2, j::2, k::2, :] for i, j, k in MONAI13_OFFSETS], -1)
         return self.reduction(self.norm(x))
-
-
-class ShallowFp32Conv3d(nn.Conv3d):
-    """``nn.Conv3d`` that leaves CPU bf16 autocast where oneDNN's bf16 weight gradient is wrong: shallow inputs.
-
-    On a CPU with bf16 instructions (AMX here; PyTorch 2.13's oneDNN), a 3³ convolution's weight gradient under
-    bf16 autocast is wrong, at times by 10³⁰ or inf, whenever the input's depth (its first spatial axis) is 2;
-    its output and input gradient are right, and fp32 is right everywhere. In SwinUNETR that is ``encoder10``
-    at 1/32 of a 64³ crop (VoCo's pretraining crops, the tiny fine-tuning ROI): the garbage reaches AdamW's
-    second moment and freezes or NaNs that block. Measured over depth, height and width 1-8 at 24 and 192
-    channels: every depth-2 input wrong, every other right (``Testing/backend/test_shallow_convolutions.py``). So a
-    convolution of depth at most :data:`SHALLOW_DEPTH` with a kernel deeper than 1 runs in fp32 while autograd
-    records a CPU bf16 step; at 2³ voxels that costs nothing. Anything else is ``nn.Conv3d`` unchanged.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The convolution, in fp32 for a shallow input of a CPU bf16 training step."""
-        if (
-            x.shape[2] <= SHALLOW_DEPTH
-            and self.kernel_size[0] > 1
-            and x.device.type == "cpu"
-            and torch.is_grad_enabled()
-            and torch.is_autocast_enabled("cpu")
-            and torch.get_autocast_dtype("cpu") == torch.bfloat16
-        ):
-            with torch.autocast("cpu", enabled=False):
-                return super().forward(x.float())
-        return super().forward(x)
-
-
-def use_shallow_fp32_convolutions(model: nn.Module) -> int:
-    """Turn every ``nn.Conv3d`` of ``model`` into :class:`ShallowFp32Conv3d`, in place; returns how many.
-
-    Only the class changes: parameters, names and the function are the same, so weights load as before.
-    """
-    switched = 0
-    for module in model.modules():
-        if type(module) is nn.Conv3d:
-            module.__class__ = ShallowFp32Conv3d
-            switched += 1
-    return switched
 
 
 def check_merge_order(merge_order: str) -> str:

@@ -12,7 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from voco_backend.networks import SHALLOW_DEPTH, ShallowFp32Conv3d, SwinEncoder, build_swinunetr
+from voco_backend.convolutions import SHALLOW_DEPTH, ShallowFp32Conv3d
+from voco_backend.networks import SwinEncoder, build_swinunetr
 
 
 def _weight_gradients(block: nn.Module, x: torch.Tensor, g: torch.Tensor, bf16: bool) -> dict[str, torch.Tensor]:
