@@ -1,12 +1,13 @@
 """3-D convolutions that stay right under CPU bf16 autocast: the shallow ones run in fp32 in training.
 
-On a CPU with bf16 instructions (AMX here; PyTorch 2.13's oneDNN), a 3³ convolution's weight gradient under
-bf16 autocast is wrong, at times by 10³⁰ or inf, whenever the input's depth (its first spatial axis) is 2; its
-output and input gradient are right, and fp32 is right everywhere. Measured over depth, height and width 1-8 at
-24 and 192 channels: every depth-2 input wrong, every other right. In SwinUNETR that is ``encoder10`` at 1/32 of
-a 64³ crop (VoCo's pretraining crops, the tiny fine-tuning ROI): the garbage reaches AdamW's second moment and
-freezes or NaNs that block. :func:`use_shallow_fp32_convolutions` swaps :class:`ShallowFp32Conv3d` into a built
-network in place, as :func:`voco_backend.attention.use_sdpa_attention` does for the attention.
+On a CPU with bf16 instructions (an AMD EPYC with AVX512-BF16 here; PyTorch 2.13's oneDNN), a 3³ convolution's
+weight gradient under bf16 autocast is wrong, at times by 10³⁰ or inf, whenever the input's depth (its first
+spatial axis) is 2; its output and input gradient are right, and fp32 is right everywhere. Measured over depth,
+height and width 1-8 at 24 and 192 channels: every depth-2 input wrong, every other right. In SwinUNETR that is
+``encoder10`` at 1/32 of a 64³ crop (VoCo's pretraining crops, the tiny fine-tuning ROI): the garbage reaches
+AdamW's second moment and freezes or NaNs that block. :func:`use_shallow_fp32_convolutions` swaps
+:class:`ShallowFp32Conv3d` into a built network in place, as :func:`voco_backend.attention.use_sdpa_attention`
+does for the attention.
 """
 
 from __future__ import annotations
