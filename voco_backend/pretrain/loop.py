@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from voco_backend.distributed import (
     init_distributed,
     shutdown,
 )
-from voco_backend.errors import Cancelled, UsageError
+from voco_backend.errors import Cancelled, DataError, UsageError
 from voco_backend.memory_guard import StepShape, check_step_memory, estimated_as_half_precision, processes_per_machine
 from voco_backend.networks import MERGE_MONAI15, feature_size_of
 from voco_backend.pretrain.checkpoint import load_checkpoint, save_checkpoint
@@ -348,6 +349,14 @@ class PretrainRun:
                 began = time.perf_counter()
                 values = train_step(net, model, batch, self.optimizer, self.scheduler, scaler, autocast, config)
                 self.step += 1
+                # fp16's scaler skips a step whose gradients overflow; without it the weights are now broken, and
+                # neither they nor the encoder may be saved over the last good checkpoint.
+                if not fp16 and any_rank(not math.isfinite(values["loss"]), ctx):
+                    raise DataError(
+                        f"the loss became {values['loss']} at step {self.step}; nothing after the last checkpoint "
+                        "was saved: lower --lr, or train in fp32 with --no-amp",
+                        file=self.run_dir,
+                    )
                 seconds = time.perf_counter() - began
                 reporter.progress(
                     "pretrain",

@@ -273,7 +273,9 @@ class FineTuner:
                 loss = self.loss(logits.float(), label)
         value = loss.detach().item()
         if not math.isfinite(value):
-            raise DataError(f"the loss became {value} at step {self.progress.step + 1}; lower --lr")
+            raise DataError(
+                f"the loss became {value} at step {self.progress.step + 1}; lower --lr, or train in fp32 with --no-amp"
+            )
         self.scaler.scale(loss).backward()
         if self.schedule.max_seconds:
             scale = budget_lr_scale(self.progress.seconds, self.schedule.max_seconds)

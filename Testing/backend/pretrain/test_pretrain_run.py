@@ -226,6 +226,26 @@ def test_a_step_too_large_for_the_memory_exits_4_with_advice_before_the_first_st
     assert not (run_dir / "checkpoint_last.pt").exists()
 
 
+def test_a_loss_that_is_no_longer_finite_exits_3_and_keeps_the_last_good_checkpoint(tmp_path, ct, cache):
+    # A learning rate of 1e30 breaks the weights with the first update: the real way a run's loss becomes nan.
+    run_dir = tmp_path / "run"
+    code, evts = pretrain(
+        "--data", ct, "--out", str(run_dir), "--steps", "6", "--cache-dir", cache, "--checkpoint-every", "1",
+        "--lr", "1e30", "--warmup-steps", "0",
+    )  # fmt: skip
+    assert code == 3
+    error = evts[-1]
+    assert error["event"] == "error" and error["exit_code"] == 3
+    assert "\n" not in error["message"]
+    assert "the loss became" in error["message"] and "lower --lr" in error["message"]
+    saved = load_checkpoint(run_dir / "checkpoint_last.pt")
+    broken = int(error["message"].split("at step ")[1].split(";")[0])
+    assert saved["step"] == broken - 1 >= 1  # the last step whose loss was finite, not the broken one
+    assert all(torch.isfinite(t).all() for t in saved["model"].values() if t.is_floating_point())
+    encoder = torch.load(run_dir / "encoder.pt", weights_only=True)
+    assert all(torch.isfinite(t).all() for t in encoder.values())
+
+
 def test_two_preprocess_only_processes_fill_one_cache_safely(tmp_path, ct):
     """Two processes at once on the same volumes: both succeed, each entry is whole and written once in place."""
     cache_dir = tmp_path / "cache"
