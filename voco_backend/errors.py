@@ -9,6 +9,9 @@ EXIT_DATA = 3
 EXIT_OOM = 4
 EXIT_CANCELLED = 130
 
+# What a training run whose loss is no longer finite tells its user to change (pretrain and finetune).
+NON_FINITE_LOSS_ADVICE = "lower --lr, or train in fp32 with --no-amp"
+
 
 class VoCoError(Exception):
     """An error a user can fix; printed as one line, never as a traceback.

@@ -32,7 +32,7 @@ from voco_backend.distributed import (
     init_distributed,
     shutdown,
 )
-from voco_backend.errors import Cancelled, DataError, UsageError
+from voco_backend.errors import NON_FINITE_LOSS_ADVICE, Cancelled, DataError, UsageError
 from voco_backend.memory_guard import StepShape, check_step_memory, estimated_as_half_precision, processes_per_machine
 from voco_backend.networks import MERGE_MONAI15, feature_size_of
 from voco_backend.pretrain.checkpoint import load_checkpoint, save_checkpoint
@@ -354,7 +354,7 @@ class PretrainRun:
                 if not fp16 and any_rank(not math.isfinite(values["loss"]), ctx):
                     raise DataError(
                         f"the loss became {values['loss']} at step {self.step}; nothing after the last checkpoint "
-                        "was saved: lower --lr, or train in fp32 with --no-amp",
+                        f"was saved: {NON_FINITE_LOSS_ADVICE}",
                         file=self.run_dir,
                     )
                 seconds = time.perf_counter() - began

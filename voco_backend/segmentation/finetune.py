@@ -26,7 +26,7 @@ from monai.optimizers import WarmupCosineSchedule
 from voco_backend.atomic import save_torch_atomic
 from voco_backend.cancel import CancelToken
 from voco_backend.devices import autocast, training_precision
-from voco_backend.errors import Cancelled, DataError, UsageError
+from voco_backend.errors import NON_FINITE_LOSS_ADVICE, Cancelled, DataError, UsageError
 from voco_backend.networks import feature_size_of, in_encoder, use_channels_last
 from voco_backend.protocol import Reporter
 from voco_backend.resume import LAST_CHECKPOINT, rng_state, set_rng_state
@@ -273,9 +273,7 @@ class FineTuner:
                 loss = self.loss(logits.float(), label)
         value = loss.detach().item()
         if not math.isfinite(value):
-            raise DataError(
-                f"the loss became {value} at step {self.progress.step + 1}; lower --lr, or train in fp32 with --no-amp"
-            )
+            raise DataError(f"the loss became {value} at step {self.progress.step + 1}; {NON_FINITE_LOSS_ADVICE}")
         self.scaler.scale(loss).backward()
         if self.schedule.max_seconds:
             scale = budget_lr_scale(self.progress.seconds, self.schedule.max_seconds)
