@@ -37,7 +37,7 @@ def run(config: SampleDataConfig, reporter: Reporter, cancel: CancelToken) -> No
     for i, name in enumerate(config.packages):
         cancel.check()
         reporter.progress("sample-data", i, len(config.packages), package=name)
-        paths = fetch_sample(name, Path(config.cache_dir) if config.cache_dir else None)
+        paths = fetch_sample(name, Path(config.cache_dir) if config.cache_dir else None, reporter, cancel)
         files.update({k: str(v) for k, v in paths.items()})
     reporter.progress("sample-data", len(config.packages), len(config.packages))
     reporter.result(files=files)
