@@ -4,9 +4,12 @@ One stage-1 ``WindowAttention`` (7³ windows, 3 heads, relative-position bias, M
 the padded 35³ feature map) forward and backward per row, on the input of ``CROPS`` 64³ crops (125 windows of 343
 tokens each) on the CPU, in fp32 or under bf16 autocast (``--precision``; training's default on a CPU with bf16
 instructions). Each row runs in its own process so that its peak RSS is its own; the first pass is a warm-up and
-not timed. Ratios are against the MONAI row of the same width and precision.
+not timed. Ratios are against the MONAI row of the same width and precision. ``--chunk-mib`` adds a row of ours
+per size of its CPU backward chunk (``voco_backend.attention.CPU_CHUNK_BYTES``; the default row is the module's
+own).
 
     .venv/bin/python benchmarks/attention_speed.py --dims 12 48 --crops 4 2 --precision fp32 bf16
+    .venv/bin/python benchmarks/attention_speed.py --dims 12 48 --crops 4 2 --precision bf16 --chunk-mib 64 4
 """
 
 from __future__ import annotations
@@ -19,11 +22,15 @@ import sys
 import time
 
 
-def _child(kind: str, dim: int, crops: int, repeats: int, precision: str) -> dict:
+def _child(kind: str, dim: int, crops: int, repeats: int, precision: str, chunk_mib: float) -> dict:
     import torch
     from monai.networks.nets.swin_unetr import WindowAttention, compute_mask
 
+    from voco_backend import attention
     from voco_backend.attention import use_sdpa_attention
+
+    if chunk_mib:
+        attention.CPU_CHUNK_BYTES = int(chunk_mib * 2**20)
 
     torch.manual_seed(0)
     module = WindowAttention(dim, 3, (7, 7, 7), qkv_bias=True)
@@ -57,21 +64,25 @@ def main() -> None:
     parser.add_argument(
         "--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"], help="fp32, or bf16 autocast"
     )
-    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--chunk-mib", type=float, nargs="+", default=[0], help="our backward's CPU chunk sizes (0: the default)"
+    )
+    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        kind, dim, crops, repeats, precision = args.child
-        print(json.dumps(_child(kind, int(dim), int(crops), int(repeats), precision)))
+        kind, dim, crops, repeats, precision, chunk = args.child
+        print(json.dumps(_child(kind, int(dim), int(crops), int(repeats), precision, float(chunk))))
         return
     print("| width | crops | precision | attention | s fwd+bwd | ratio | RSS added GB | ratio |")
     print("|---|---|---|---|---|---|---|---|")
     for dim, crops in zip(args.dims, args.crops, strict=True):
         for precision in args.precision:
             rows = {}
-            for kind in ("monai", "sdpa"):
+            for kind, chunk in [("monai", 0.0)] + [("sdpa", c) for c in args.chunk_mib]:
                 command = [sys.executable, __file__, "--child", kind, str(dim), str(crops), str(args.repeats)]
-                out = subprocess.run([*command, precision], capture_output=True, text=True, check=True).stdout
-                rows[kind] = json.loads(out.strip().splitlines()[-1])
+                out = subprocess.run([*command, precision, str(chunk)], capture_output=True, text=True, check=True)
+                name = f"sdpa, chunk {chunk:g} MiB" if kind == "sdpa" and chunk else kind
+                rows[name] = json.loads(out.stdout.strip().splitlines()[-1])
             for kind, row in rows.items():
                 base = rows["monai"]
                 print(

@@ -5,8 +5,9 @@ step materialises every window's (n × n) attention matrix for each head, twice 
 them for backward: at stage 1 of a 64³ crop that is 125 windows · 3 heads · 343² floats per crop.
 
 :class:`SDPAWindowAttention` computes the same function with the fused kernel in forward and a chunked
-backward, so no step holds more than :data:`CHUNK_BYTES` of attention matrices at once. PyTorch's fused CPU
-kernel cannot differentiate its additive mask, and the relative-position bias is a learnt parameter, hence the
+backward, so no step holds more than :data:`CHUNK_BYTES` of attention matrices at once (on a CPU
+:data:`CPU_CHUNK_BYTES`, a few windows at a time, which keeps each chunk's passes in the cache). PyTorch's fused
+CPU kernel cannot differentiate its additive mask, and the relative-position bias is a learnt parameter, hence the
 hand-written backward (:class:`_WindowAttentionFunction`): it recomputes the softmax of a chunk of windows and
 applies the standard attention gradients, summing the bias gradient over the windows.
 
@@ -24,6 +25,9 @@ from torch import nn
 
 # The most memory one backward chunk's score matrices (scores, softmax, their gradients) may take.
 CHUNK_BYTES = 64 * 2**20
+# On a CPU, the chunk's size for the cache instead: a chunk's score matrices go through about a dozen matmul and
+# elementwise passes, which run from the last-level cache when the chunk fits there and from memory when not.
+CPU_CHUNK_BYTES = 32 * 2**20
 # A score low enough that its exp underflows to exactly 0 (no subnormal result), far from overflow in fp32.
 UNDERFLOW = -1e4
 
@@ -75,7 +79,8 @@ class _WindowAttentionFunction(torch.autograd.Function):
         bias_w = bias.to(work).contiguous()  # the table's permuted view: a strided add per chunk otherwise
         # Σ_j P_ij·dP_ij = dO_i·O_i: the softmax backward's row term from the (n × d) output, not an (n × n) pass.
         rows_term = (grad_out.to(work) * out.to(work)).sum(-1, keepdim=True)
-        chunk = max(1, CHUNK_BYTES // (3 * heads * n * n * torch.finfo(work).bits // 8))
+        budget = CPU_CHUNK_BYTES if q.device.type == "cpu" else CHUNK_BYTES
+        chunk = max(1, budget // (3 * heads * n * n * torch.finfo(work).bits // 8))
         for start in range(0, b, chunk):
             rows = slice(start, min(b, start + chunk))
             qc, kc, vc, gc = (t[rows].to(work) for t in (q, k, v, grad_out))
