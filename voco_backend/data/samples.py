@@ -107,8 +107,11 @@ def index_file_url(package: SamplePackage) -> str:
     page = f"{index_url()}/{project}/"
     content_type, body = _project_page(page)
     if "json" in content_type:
-        files = json.loads(body).get("files", [])
-        links = [f["url"] for f in files if f.get("filename") == package.filename]
+        try:
+            files = json.loads(body).get("files", [])
+            links = [f["url"] for f in files if f.get("filename") == package.filename]
+        except (ValueError, AttributeError, KeyError, TypeError) as exc:
+            raise DataError(f"the index's project page is not PEP 691 JSON ({exc})", file=page) from exc
     else:
         hrefs = re.findall(r'href="([^"]+)"', body.decode("utf-8", "replace"))
         links = [h for h in hrefs if urllib.parse.urlparse(h).path.rsplit("/", 1)[-1] == package.filename]

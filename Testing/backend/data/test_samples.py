@@ -125,3 +125,13 @@ def test_an_index_without_the_file_names_the_page(tmp_path, monkeypatch, mirror)
     with pytest.raises(DataError, match=r"lists no pyradiomics-3\.1\.0\.tar\.gz") as caught:
         samples.fetch_sample("pyradiomics", tmp_path)
     assert caught.value.file == f"{base}/simple/pyradiomics/"
+
+
+def test_a_broken_json_page_is_a_one_line_data_error(tmp_path, monkeypatch, mirror):
+    base, pages = mirror
+    pages["/simple/pyradiomics/"] = ("application/vnd.pypi.simple.v1+json", b'{"files": [1, 2')
+    monkeypatch.setenv("PIP_INDEX_URL", f"{base}/simple")
+
+    with pytest.raises(DataError, match="not PEP 691 JSON") as caught:
+        samples.fetch_sample("pyradiomics", tmp_path)
+    assert "\n" not in str(caught.value)
