@@ -33,7 +33,7 @@ measured on:
           $D/slicerio/CTChest4.nrrd $D/totalsegmentator/example_ct.nii.gz $D/pyradiomics/lung*_image.nrrd"
     .venv/bin/python -m voco_backend pretrain --data $POOL --out runs/tiny --model-size tiny --steps 200
     .venv/bin/python benchmarks/few_shot.py --encoder runs/tiny/encoder.pt
-    # the CPU VoCo row of the README (3 mm, as the scratch row; 140 steps are 32 minutes on 2 cores):
+    # the CPU VoCo row of the README (3 mm, as the scratch row; 140 steps are 33 minutes on 2 cores):
     .venv/bin/python -m voco_backend pretrain --data $POOL --out runs/tiny3 --model-size tiny --steps 140 \\
         --spacing 3 3 3 --region-xy 128 --region-depth 64 --grid 2
     .venv/bin/python benchmarks/few_shot.py --rows voco --encoder runs/tiny3/encoder.pt --shots 5 --seeds 0 \\
