@@ -28,6 +28,8 @@ CHUNK_BYTES = 64 * 2**20
 # On a CPU, the chunk's size for the cache instead: a chunk's score matrices go through about a dozen matmul and
 # elementwise passes, which run from the last-level cache when the chunk fits there and from memory when not.
 CPU_CHUNK_BYTES = 32 * 2**20
+# On a CPU, head widths below this take the transposed products in backward (see there).
+NARROW_HEAD = 16
 # A score low enough that its exp underflows to exactly 0 (no subnormal result), far from overflow in fp32.
 UNDERFLOW = -1e4
 
@@ -71,7 +73,7 @@ class _WindowAttentionFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         q, k, v, out, bias, mask = ctx.saved_tensors
         scale = ctx.scale
-        b, heads, n, _ = q.shape
+        b, heads, n, d = q.shape
         work = torch.promote_types(q.dtype, torch.float32)
         q, k, v, grad_out = (t.contiguous() for t in (q, k, v, grad_out))
         grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
@@ -81,6 +83,11 @@ class _WindowAttentionFunction(torch.autograd.Function):
         rows_term = (grad_out.to(work) * out.to(work)).sum(-1, keepdim=True)
         budget = CPU_CHUNK_BYTES if q.device.type == "cpu" else CHUNK_BYTES
         chunk = max(1, budget // (3 * heads * n * n * torch.finfo(work).bits // 8))
+        # With heads as narrow as a tiny model's (d = 4), a CPU's batched matmul of an (n × n) matrix with an
+        # (n × d) one runs several times faster when the latter is a (d × n) row-major copy (dVᵀ = dOᵀ·P, dKᵀ = Qᵀ·dS,
+        # dQ = dS·(Kᵀ)ᵀ): the tiny model's attention backward takes a third less time. At B's d = 16 it gains
+        # nothing (benchmarks/attention_speed.py), so wider heads, and other devices, keep the plain products.
+        narrow = d < NARROW_HEAD and q.device.type == "cpu"
         for start in range(0, b, chunk):
             rows = slice(start, min(b, start + chunk))
             qc, kc, vc, gc = (t[rows].to(work) for t in (q, k, v, grad_out))
@@ -96,12 +103,20 @@ class _WindowAttentionFunction(torch.autograd.Function):
                 scores.add_(mask_c.masked_fill_(mask_c < 0, UNDERFLOW)[:, None])
             probs = torch.softmax(scores, dim=-1)
             del scores
-            grad_v[rows] = torch.matmul(probs.transpose(-2, -1), gc).to(v.dtype)
+            if narrow:
+                g_t, k_t, q_t = (t.transpose(-2, -1).contiguous() for t in (gc, kc, qc))
+                grad_v[rows] = torch.matmul(g_t, probs).transpose(-2, -1)  # dVᵀ = dOᵀ·P
+            else:
+                grad_v[rows] = torch.matmul(probs.transpose(-2, -1), gc)
             # Softmax backward: dS = P ⊙ (dP − Σ_j P·dP), with dP = dO·Vᵀ.
             grad_scores = probs.mul_(torch.matmul(gc, vc.transpose(-2, -1)).sub_(rows_term[rows]))
             grad_bias += grad_scores.sum(0)
-            grad_q[rows] = torch.matmul(grad_scores, kc).mul_(scale).to(q.dtype)
-            grad_k[rows] = torch.matmul(grad_scores.transpose(-2, -1), qc).mul_(scale).to(k.dtype)
+            if narrow:
+                grad_q[rows] = torch.matmul(grad_scores, k_t.transpose(-2, -1)).mul_(scale)
+                grad_k[rows] = torch.matmul(q_t, grad_scores).mul_(scale).transpose(-2, -1)  # dKᵀ = Qᵀ·dS
+            else:
+                grad_q[rows] = torch.matmul(grad_scores, kc).mul_(scale)
+                grad_k[rows] = torch.matmul(grad_scores.transpose(-2, -1), qc).mul_(scale)
         return grad_q, grad_k, grad_v, grad_bias.to(bias.dtype), None, None
 
 
