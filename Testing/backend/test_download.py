@@ -10,15 +10,15 @@ import os
 import re
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from backend_cli import events
+from loopback import Quiet, serving
 
 from voco_backend.cancel import CancelToken
 from voco_backend.download import download, part_path
@@ -42,7 +42,7 @@ class ServerState:
 
 
 def make_handler(state: ServerState) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(Quiet, BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             requested = self.headers.get("Range")
             state.range_headers.append(requested)
@@ -73,9 +73,6 @@ def make_handler(state: ServerState) -> type[BaseHTTPRequestHandler]:
                 return
             self.wfile.write(body[start:])
 
-        def log_message(self, *args: object) -> None:
-            """Keep the test output clean."""
-
     return Handler
 
 
@@ -91,13 +88,8 @@ def payload() -> bytes:
 @pytest.fixture
 def server(payload: bytes) -> Iterator[tuple[str, ServerState]]:
     state = ServerState(files={"/tiny.pt": payload, "/VoComni_B.pt": payload})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(state))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", state
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join()
+    with serving(make_handler(state)) as base:
+        yield base, state
 
 
 def recording_reporter() -> tuple[Reporter, io.StringIO]:

@@ -28,13 +28,14 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 import torch
 from backend_cli import TINY_FINETUNE, TINY_PRETRAIN
 from hostile_helpers import parse_events
+from loopback import Quiet, serving
 
 from voco_backend.atomic import PARTIAL_MARK
 from voco_backend.cancel import CancelToken
@@ -213,7 +214,7 @@ def test_finetuning_resumes_to_the_same_losses_after_a_fault(finetune_case, tmp_
 PAYLOAD = bytes(random.Random(0).getrandbits(8) for _ in range(300_000))
 
 
-class Misbehaving(BaseHTTPRequestHandler):
+class Misbehaving(Quiet, BaseHTTPRequestHandler):
     """``/drip`` one byte every 0.2 s, ``/stall`` a few bytes then silence, ``/loop`` redirects to itself,
     ``/cut`` drops the connection half-way, ``/long`` sends fewer bytes than its Content-Length says,
     ``/good`` the whole payload (checked against a wrong checksum)."""
@@ -246,18 +247,11 @@ class Misbehaving(BaseHTTPRequestHandler):
             pass
         self.close_connection = True
 
-    def log_message(self, *args: object) -> None:
-        """Quiet."""
-
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Misbehaving)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
+    with serving(Misbehaving) as base:
+        yield base
 
 
 class Events(Reporter):

@@ -13,11 +13,11 @@ import hashlib
 import io
 import json
 import tarfile
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
+from loopback import Quiet, serving
 
 from voco_backend.data import samples
 from voco_backend.data.io import read_image
@@ -53,7 +53,7 @@ def mirror() -> Iterator[tuple[str, dict[str, tuple[str, bytes]]]]:
     """A loopback index: path → (content type, body); yields its base URL and the table to fill."""
     pages: dict[str, tuple[str, bytes]] = {}
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(Quiet, BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path not in pages:
                 self.send_error(404)
@@ -65,16 +65,8 @@ def mirror() -> Iterator[tuple[str, dict[str, tuple[str, bytes]]]]:
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *args: object) -> None:
-            """Keep the test output clean."""
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", pages
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(Handler) as base:
+        yield base, pages
 
 
 def _package(monkeypatch, archive: bytes) -> samples.SamplePackage:
